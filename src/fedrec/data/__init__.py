@@ -1,0 +1,1 @@
+"""Data sets, id maps, side features, splits and negative sampling."""

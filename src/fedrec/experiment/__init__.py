@@ -1,0 +1,1 @@
+"""Runs: configuration in, a self-describing run directory out."""

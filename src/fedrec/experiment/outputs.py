@@ -1,0 +1,77 @@
+"""The run directory: resolved config, per-evaluation metrics and a summary, written atomically.
+
+A run directory is the unit of reproducibility: ``config.toml`` says what ran,
+``metrics.jsonl`` what happened along the way and ``summary.json`` what came out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from fedrec.config import RunConfig, dump_config
+from fedrec.utils.atomic import atomic_write_text
+
+
+class RunDirectoryError(RuntimeError):
+    """The output directory cannot be used as given."""
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types; NaN and infinities become None (JSON has no such numbers)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+class RunDirectory:
+    """Owns one run's output folder.
+
+    A folder that already holds a finished run (a ``summary.json``) is refused unless
+    ``overwrite`` is set, so a typo in ``--out`` never silently replaces earlier results.
+    """
+
+    def __init__(self, path: str | Path, *, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirectoryError(f"--out {self.path} exists and is not a directory")
+        if (self.path / "summary.json").exists() and not overwrite:
+            raise RunDirectoryError(
+                f"{self.path} already holds a finished run (summary.json); "
+                "choose another --out or pass --overwrite"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._metrics: list[str] = []
+        metrics = self.path / "metrics.jsonl"
+        if overwrite and metrics.exists():
+            metrics.unlink()
+
+    def write_config(self, cfg: RunConfig) -> None:
+        atomic_write_text(self.path / "config.toml", dump_config(cfg))
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        """Append one evaluation record; the whole file is rewritten atomically each time."""
+        self._metrics.append(json.dumps(_jsonable(record), sort_keys=True))
+        atomic_write_text(self.path / "metrics.jsonl", "\n".join(self._metrics) + "\n")
+
+    def write_json(self, name: str, payload: dict[str, Any]) -> Path:
+        target = self.path / name
+        atomic_write_text(target, json.dumps(_jsonable(payload), indent=2, sort_keys=True) + "\n")
+        return target
+
+    def write_summary(self, summary: dict[str, Any]) -> Path:
+        return self.write_json("summary.json", summary)
+
+    def relative(self, name: str) -> str:
+        return os.path.join(str(self.path), name)

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedrec.config import RunConfig, load_config
+from fedrec.experiment.outputs import RunDirectory, RunDirectoryError
+from fedrec.utils.atomic import atomic_open, atomic_write_text
+
+
+def test_run_directory_writes_config_metrics_summary(tmp_path: Path) -> None:
+    run = RunDirectory(tmp_path / "run")
+    cfg = RunConfig(seed=5)
+    run.write_config(cfg)
+    run.log_metrics({"epoch": 1, "valid": {"HR@10": np.float32(0.5)}})
+    run.log_metrics({"epoch": 2, "valid": {"HR@10": math.nan}})
+    run.write_summary({"test": {"HR@10": 0.4}, "valid": {}, "seconds": 1.0})
+    assert load_config(run.path / "config.toml") == cfg
+    lines = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["valid"]["HR@10"] == 0.5
+    assert lines[1]["valid"]["HR@10"] is None  # NaN is not JSON
+    assert json.loads((run.path / "summary.json").read_text())["test"]["HR@10"] == 0.4
+
+
+def test_finished_run_is_not_overwritten_by_accident(tmp_path: Path) -> None:
+    run = RunDirectory(tmp_path / "run")
+    run.write_summary({"test": {}})
+    with pytest.raises(RunDirectoryError, match="--overwrite"):
+        RunDirectory(tmp_path / "run")
+    RunDirectory(tmp_path / "run", overwrite=True)
+
+
+def test_out_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(RunDirectoryError, match="not a directory"):
+        RunDirectory(tmp_path / "f")
+
+
+def test_atomic_write_keeps_old_content_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "a.txt"
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError), atomic_open(target) as fh:
+        fh.write("partial")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]  # no temp file left behind
