@@ -1,0 +1,1 @@
+"""Reporting: what a result was measured on, tables and (later) plots."""
