@@ -74,9 +74,58 @@ class EvalConfig(_Section):
     """Also report full-ranking test metrics alongside the sampled protocol."""
 
 
+class LocalConfig(_Section):
+    """How each client trains in a round (``[federated.local]``)."""
+
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.1, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    negatives: int = Field(4, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    prox_mu: float = Field(0.0, ge=0)
+    """FedProx proximal weight; 0 is plain FedAvg local training."""
+
+
+class FederatedConfig(_Section):
+    """Federated training (``mode = "federated"``): clients, sampling, aggregation, rounds."""
+
+    rounds: int = Field(100, ge=1)
+    partition: Literal["user", "random", "column"] = "user"
+    """``user``: one client per user (cross-device); ``random``/``column``: silos of users."""
+    silos: int = Field(10, ge=1)
+    silo_column: str | None = None
+    """User feature column that defines the silos when ``partition = "column"``."""
+    sampling: Literal["all", "fraction", "count", "poisson"] = "all"
+    fraction: float = Field(0.1, gt=0, le=1)
+    count: int = Field(100, ge=1)
+    rate: float = Field(0.1, gt=0, le=1)
+    """Poisson inclusion probability per client and round."""
+    weighted_sampling: bool = False
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Fraction of selected clients that fail before answering."""
+    strategy: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
+    server_lr: float = Field(1.0, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    tau: float = Field(1e-3, gt=0)
+    weighting: Literal["examples", "uniform"] = "examples"
+    item_aggregation: Literal["per-row", "fedavg"] = "per-row"
+    """``per-row``: each item row averaged over the clients that trained it."""
+    encoding: Literal["float32", "float16", "int8"] = "float32"
+    engine: Literal["batched", "sequential"] = "batched"
+    chunk_samples: int = Field(2_000_000, ge=1)
+    eval_every: int = Field(5, ge=1)
+    patience: int = Field(5, ge=0)
+    checkpoint_every: int = Field(10, ge=0)
+    local: LocalConfig = Field(default_factory=LocalConfig)
+
+
 class RunConfig(_Section):
     """Top level of a run configuration file."""
 
+    mode: Literal["centralized", "federated"] = "centralized"
     seed: int = 0
     threads: int | None = None
     """torch intra-op threads; None leaves torch's default."""
@@ -84,6 +133,7 @@ class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    federated: FederatedConfig = Field(default_factory=FederatedConfig)
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -93,6 +143,14 @@ class RunConfig(_Section):
             raise ValueError("data.split = 'ncf' exists only for data.name = 'ml-1m'")
         if not self.data.implicit and self.train.loss != "mse":
             raise ValueError("explicit ratings (data.implicit = false) need train.loss = 'mse'")
+        fed = self.federated
+        if self.mode == "federated":
+            if self.model.name == "popularity":
+                raise ValueError("model.name = 'popularity' has nothing to train federatedly")
+            if fed.partition == "column" and not fed.silo_column:
+                raise ValueError("federated.partition = 'column' needs federated.silo_column")
+            if self.model.dropout > 0:
+                raise ValueError("federated training needs model.dropout = 0")
         return self
 
 

@@ -28,7 +28,7 @@ def test_overrides_parse_toml_values() -> None:
 
 def test_override_replaces_file_value(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('seed = 3\n[train]\nepochs = 7\n')
+    path.write_text("seed = 3\n[train]\nepochs = 7\n")
     cfg = load_config(path, ["train.epochs=2"])
     assert cfg.seed == 3 and cfg.train.epochs == 2
 

@@ -1,0 +1,311 @@
+"""What each client trains on in one round: its samples in step order and its local item set.
+
+Computed for a whole group of clients at once (arrays concatenated client after client), and
+a group of one is exactly what a single client computes for itself: every random draw comes
+from :mod:`fedrec.federated.rng` keyed by the client's own id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from fedrec.federated import rng
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float32]
+
+
+def concat_ranges(starts: IntArray, ends: IntArray) -> IntArray:
+    """Concatenation of ``arange(s, e)`` for each pair, without a Python loop."""
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out: IntArray = (np.repeat(starts, lengths) + np.arange(total) - offsets).astype(np.int64)
+    return out
+
+
+@dataclass(frozen=True)
+class ClientGroup:
+    """Training interactions of several clients, concatenated client after client.
+
+    ``users`` are indices into the client's own private rows (always 0 cross-device, one per
+    member user cross-silo); ``items`` are global item ids.
+    """
+
+    client_ids: IntArray
+    offsets: IntArray
+    """Rows of client ``c`` are ``offsets[c]:offsets[c+1]``."""
+    users: IntArray
+    items: IntArray
+    ratings: FloatArray
+    n_local_users: IntArray
+    n_items: int
+
+    def __post_init__(self) -> None:
+        if len(self.offsets) != len(self.client_ids) + 1:
+            raise ValueError("offsets must have one entry more than client_ids")
+
+    def __len__(self) -> int:
+        return len(self.client_ids)
+
+    @property
+    def sizes(self) -> IntArray:
+        return np.diff(self.offsets)
+
+    def select(self, positions: IntArray) -> ClientGroup:
+        """The sub-group of the clients at ``positions`` (in that order)."""
+        sizes = self.sizes[positions]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        rows = concat_ranges(self.offsets[positions], self.offsets[positions + 1])
+        return ClientGroup(
+            client_ids=self.client_ids[positions],
+            offsets=offsets,
+            users=self.users[rows],
+            items=self.items[rows],
+            ratings=self.ratings[rows],
+            n_local_users=self.n_local_users[positions],
+            n_items=self.n_items,
+        )
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """Samples of every client of a group, in the order its local steps consume them.
+
+    Each client's samples are its local epochs one after the other, each epoch shuffled;
+    a local step takes the next ``batch_size`` samples of the current epoch (the last batch of
+    an epoch may be short). Items are local slots: ``local_items[item_offsets[c] + slot]`` is
+    the global item id.
+    """
+
+    client_ids: IntArray
+    sample_offsets: IntArray
+    users: IntArray
+    items: IntArray
+    """Local item slot of each sample (the positive one, for BPR)."""
+    items2: IntArray | None
+    """BPR only: local slot of each sample's negative item."""
+    labels: FloatArray
+    item_offsets: IntArray
+    local_items: IntArray
+    epoch_sizes: IntArray
+    """Samples per local epoch, per client."""
+    epochs: int
+    batch_size: int
+    num_examples: IntArray
+    """Training interactions per client (the FedAvg weight)."""
+
+    @property
+    def steps_per_epoch(self) -> IntArray:
+        return -(-self.epoch_sizes // self.batch_size)
+
+    @property
+    def n_steps(self) -> IntArray:
+        return self.steps_per_epoch * self.epochs
+
+    @property
+    def n_slots(self) -> IntArray:
+        return np.diff(self.item_offsets)
+
+    def step_rows(
+        self, step: int, width: int, clients: IntArray | None = None
+    ) -> tuple[IntArray, npt.NDArray[np.bool_]]:
+        """Sample rows of the ``step``-th batch of the given clients (default all), padded to
+        ``width``: (rows, valid)."""
+        idx = np.arange(len(self.client_ids)) if clients is None else clients
+        sizes = self.epoch_sizes[idx]
+        spe = np.maximum(self.steps_per_epoch[idx], 1)
+        epoch = step // spe
+        b = step % spe
+        base = self.sample_offsets[idx]
+        start = base + epoch * sizes + b * self.batch_size
+        end = np.minimum(start + self.batch_size, base + (epoch + 1) * sizes)
+        rows = start[:, None] + np.arange(width)[None, :]
+        valid = (rows < end[:, None]) & (step < self.n_steps[idx])[:, None]
+        rows = np.where(valid, rows, 0)
+        return rows.astype(np.int64), valid
+
+
+def _member(sorted_keys: IntArray, query: IntArray) -> npt.NDArray[np.bool_]:
+    """``query in sorted_keys`` elementwise (binary search: much faster than np.isin here)."""
+    if len(sorted_keys) == 0:
+        return np.zeros(query.shape, dtype=bool)
+    pos = np.searchsorted(sorted_keys, query).clip(max=len(sorted_keys) - 1)
+    return np.asarray(sorted_keys[pos] == query)
+
+
+def _unique_with_index(keys: IntArray, key_range: int) -> tuple[IntArray, IntArray]:
+    """(sorted unique keys, index of each key in them); a bitmap when the range is small."""
+    if key_range <= 1 << 27:
+        seen = np.zeros(key_range, dtype=bool)
+        seen[keys] = True
+        uniq = np.flatnonzero(seen).astype(np.int64)
+        rank = np.cumsum(seen, dtype=np.int64) - 1
+        return uniq, rank[keys]
+    uniq, inv = np.unique(keys, return_inverse=True)
+    return uniq.astype(np.int64), inv.astype(np.int64).reshape(keys.shape)
+
+
+def _negatives(
+    group: ClientGroup,
+    row_client: IntArray,
+    row_key_user: IntArray,
+    pos_keys: IntArray,
+    k: int,
+    seed: int,
+    round_: int,
+    epoch: int,
+    row_in_client: IntArray,
+) -> IntArray:
+    """``k`` negatives per row: uniform over items the row's user has no training positive for.
+
+    Only the client's own training positives are excluded: it knows nothing else, and
+    excluding held-out items would leak them into training.
+    """
+    n = group.n_items
+    cid = group.client_ids[row_client]
+    t = np.arange(k, dtype=np.int64)[None, :]
+    shape = (len(row_client), k)
+    cid2 = np.broadcast_to(cid[:, None], shape)
+    r2 = np.broadcast_to(row_in_client[:, None], shape)
+    out = rng.randint(n, seed, round_, cid2, rng.NEGATIVES, epoch, r2, t, 0)
+    todo = _member(pos_keys, row_key_user[:, None] * n + out)
+    attempt = 0
+    while todo.any():
+        attempt += 1
+        if attempt > 1000:
+            bad = np.unique(group.client_ids[row_client[np.nonzero(todo)[0]]])
+            raise ValueError(
+                f"could not draw negatives for client(s) {bad[:5].tolist()}: "
+                "a user has interacted with (almost) every item"
+            )
+        idx = np.nonzero(todo)
+        redraw = rng.randint(
+            n, seed, round_, cid2[idx], rng.NEGATIVES, epoch, r2[idx], t[0, idx[1]], attempt
+        )
+        out[idx] = redraw
+        still = _member(pos_keys, row_key_user[idx[0]] * n + redraw)
+        todo[:] = False
+        todo[idx[0][still], idx[1][still]] = True
+    return out
+
+
+def plan_round(
+    group: ClientGroup,
+    *,
+    seed: int,
+    round_: int,
+    epochs: int,
+    batch_size: int,
+    negatives: int,
+    loss: str,
+) -> RoundPlan:
+    """Every client's local samples for this round (see :class:`RoundPlan`)."""
+    if epochs < 1:
+        raise ValueError(f"local epochs must be >= 1, got {epochs}")
+    if batch_size < 1:
+        raise ValueError(f"local batch_size must be >= 1, got {batch_size}")
+    C = len(group)
+    sizes = group.sizes
+    row_client = np.repeat(np.arange(C, dtype=np.int64), sizes)
+    row_in_client = np.arange(len(group.items), dtype=np.int64) - group.offsets[row_client]
+    user_base = np.concatenate([[0], np.cumsum(group.n_local_users)]).astype(np.int64)
+    key_user = user_base[row_client] + group.users
+    pos_keys = np.unique(key_user * group.n_items + group.items)
+    pairwise = loss == "bpr"
+    k = 0 if loss == "mse" else negatives
+    if pairwise and k < 1:
+        raise ValueError("BPR needs at least one negative per positive")
+
+    parts_client, parts_key, parts_user, parts_item, parts_item2, parts_label = (
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+    )
+    for e in range(epochs):
+        neg = (
+            _negatives(group, row_client, key_user, pos_keys, k, seed, round_, e, row_in_client)
+            if k
+            else np.zeros((len(row_client), 0), dtype=np.int64)
+        )
+        if pairwise:
+            s_client = np.repeat(row_client, k)
+            s_row = np.repeat(row_in_client, k)
+            s_t = np.tile(np.arange(k, dtype=np.int64), len(row_client))
+            s_user = np.repeat(group.users, k)
+            s_item = np.repeat(group.items, k)
+            parts_item2.append(neg.reshape(-1))
+            s_label = np.ones(len(s_item), dtype=np.float32)
+        else:
+            labels = group.ratings if loss == "mse" else np.ones(len(group.items), np.float32)
+            s_client = np.concatenate([row_client, np.repeat(row_client, k)])
+            s_row = np.concatenate([row_in_client, np.repeat(row_in_client, k)])
+            s_t = np.concatenate(
+                [
+                    np.full(len(row_client), k, np.int64),
+                    np.tile(np.arange(k, dtype=np.int64), len(row_client)),
+                ]
+            )
+            s_user = np.concatenate([group.users, np.repeat(group.users, k)])
+            s_item = np.concatenate([group.items, neg.reshape(-1)])
+            s_label = np.concatenate(
+                [labels.astype(np.float32), np.zeros(len(row_client) * k, np.float32)]
+            )
+        shuffle = rng.hash64(seed, round_, group.client_ids[s_client], rng.SHUFFLE, e, s_row, s_t)
+        parts_client.append(s_client)
+        parts_key.append((s_client * epochs + e, shuffle))
+        parts_user.append(s_user)
+        parts_item.append(s_item)
+        parts_label.append(s_label)
+
+    # Order: by client, then epoch, then the client's own shuffle hash.
+    group_key = np.concatenate([g for g, _ in parts_key])
+    hashes = np.concatenate([h for _, h in parts_key])
+    if C * epochs < 1 << 24:
+        combined = (group_key.astype(np.uint64) << np.uint64(40)) | (hashes >> np.uint64(24))
+        order = np.argsort(combined, kind="stable")
+    else:
+        order = np.lexsort((hashes, group_key))
+    client = np.concatenate(parts_client)[order]
+    users = np.concatenate(parts_user)[order]
+    items = np.concatenate(parts_item)[order]
+    items2 = np.concatenate(parts_item2)[order] if pairwise else None
+    labels_all = np.concatenate(parts_label)[order]
+
+    epoch_sizes = sizes * (k if pairwise else 1 + k)
+    sample_offsets = np.concatenate([[0], np.cumsum(epoch_sizes * epochs)]).astype(np.int64)
+
+    n = group.n_items
+    keys = client * n + items
+    if items2 is not None:
+        keys = np.concatenate([keys, client * n + items2])
+    slot_keys, slot_of = _unique_with_index(keys, C * n)
+    item_offsets = np.searchsorted(slot_keys // n, np.arange(C + 1)).astype(np.int64)
+    local_items = (slot_keys % n).astype(np.int64)
+    slot_of = (
+        slot_of - item_offsets[np.concatenate([client, client]) if items2 is not None else client]
+    )
+    n_s = len(items)
+
+    return RoundPlan(
+        client_ids=group.client_ids,
+        sample_offsets=sample_offsets,
+        users=users.astype(np.int64),
+        items=slot_of[:n_s],
+        items2=None if items2 is None else slot_of[n_s:],
+        labels=labels_all.astype(np.float32),
+        item_offsets=item_offsets,
+        local_items=local_items,
+        epoch_sizes=epoch_sizes.astype(np.int64),
+        epochs=epochs,
+        batch_size=batch_size,
+        num_examples=sizes.astype(np.int64),
+    )

@@ -1,0 +1,1 @@
+"""Running many federated clients in one process: a batched engine and a one-by-one reference."""
