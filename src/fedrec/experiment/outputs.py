@@ -57,6 +57,12 @@ class RunDirectory:
         if overwrite and metrics.exists():
             metrics.unlink()
 
+    def reset_metrics(self, records: list[dict[str, Any]]) -> None:
+        """Replace the metrics with ``records`` (on resume: the checkpoint's history, so
+        rounds logged after the checkpoint and then lost are not listed twice)."""
+        self._metrics = [json.dumps(_jsonable(r), sort_keys=True) for r in records]
+        atomic_write_text(self.path / "metrics.jsonl", "".join(m + "\n" for m in self._metrics))
+
     def write_config(self, cfg: RunConfig) -> None:
         atomic_write_text(self.path / "config.toml", dump_config(cfg))
 

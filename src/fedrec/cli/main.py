@@ -1,0 +1,248 @@
+"""The ``fedrec`` command line: thin glue over the library, with rich output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedrec.config import ConfigError, dump_config, load_config
+
+app = typer.Typer(
+    help="Privacy-preserving federated recommendation: run, evaluate and inspect.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Inspect and fetch data sets.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect configurations.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+
+console = Console()
+err = Console(stderr=True)
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable)."),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory (default: $FEDREC_DATA_DIR, then the cache)."),
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=2)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
+    """Metrics as rows and splits as columns, so the table fits a terminal."""
+    keys: list[str] = []
+    for metrics in columns.values():
+        keys.extend(k for k in metrics if k not in keys)
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in columns:
+        table.add_column(name, justify="right")
+    for k in keys:
+        table.add_row(k, *(_fmt(m[k]) if k in m else "" for m in columns.values()))
+    return table
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="A TOML run configuration (see configs/).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
+    set_: SetOption = None,
+    data_dir: DataDirOption = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a finished run in --out.")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a federated run from its last checkpoint.")
+    ] = False,
+) -> None:
+    """Train and evaluate one configuration; write config.toml, metrics.jsonl, summary.json."""
+    from fedrec.data.errors import DataError
+    from fedrec.experiment.outputs import RunDirectory, RunDirectoryError
+    from fedrec.experiment.pipeline import run_experiment
+
+    overrides = list(set_ or [])
+    if data_dir is not None:
+        overrides.append(f'data.dir="{data_dir}"')
+    try:
+        cfg = load_config(config, overrides)
+        run_dir = RunDirectory(out, overwrite=overwrite)
+    except (ConfigError, RunDirectoryError) as exc:
+        raise _fail(str(exc)) from exc
+
+    console.print(
+        f"[bold]fedrec run[/] {config} → {out}  "
+        f"(data={cfg.data.name}, split={cfg.data.split}, model={cfg.model.name})"
+    )
+
+    def valid_text(record: dict[str, Any]) -> str:
+        return "  ".join(
+            f"{k.removeprefix('valid/')}={_fmt(v)}"
+            for k, v in record.items()
+            if k.startswith("valid/") and ("@10" in k or k.endswith("RMSE"))
+        )
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        loss = record.get("train_loss")
+        loss_s = f"loss={loss:.4f}  " if isinstance(loss, float) and loss == loss else ""
+        mark = " *" if record.get("best") else ""
+        console.print(
+            f"  epoch {record.get('epoch', '?'):>3}  {loss_s}{valid_text(record)}  "
+            f"[dim]{record.get('seconds', 0.0):.1f}s[/]{mark}"
+        )
+
+    try:
+        if cfg.mode == "federated":
+            with Progress(
+                TextColumn("[bold]round {task.completed}/{task.total}"),
+                BarColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=console,
+            ) as progress:
+                task = progress.add_task("", total=cfg.federated.rounds)
+                latest = {"valid": ""}
+
+                def on_round(record: dict[str, Any]) -> None:
+                    if any(k.startswith("valid/") for k in record):
+                        latest["valid"] = valid_text(record)
+                    loss = record.get("loss", float("nan"))
+                    up = record.get("bytes_up_per_client", 0.0) / 1024
+                    progress.update(
+                        task,
+                        completed=record["round"],
+                        description=f"loss={loss:.4f}  {latest['valid']}  up={up:.1f} KiB/client",
+                    )
+
+                summary = run_experiment(cfg, run_dir, on_eval=on_round, resume=resume)
+        else:
+            summary = run_experiment(cfg, run_dir, on_eval=on_epoch, resume=resume)
+    except (DataError, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+
+    rows = {"valid": summary["valid"], "test": summary["test"]}
+    if "test_full" in summary:
+        rows["test (full)"] = summary["test_full"]
+    console.print(
+        _metrics_table(
+            f"{cfg.data.name} · {cfg.model.name} · {cfg.mode} · best "
+            + (
+                f"round {summary['best_round']}"
+                if cfg.mode == "federated"
+                else f"epoch {summary['best_epoch']}"
+            )
+            + f" · "
+            f"{summary['seconds']:.1f}s",
+            rows,
+        )
+    )
+    console.print(f"results in {out}/summary.json")
+
+
+@app.command()
+def recommend(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    user: Annotated[str, typer.Option("--user", "-u", help="Raw user id, as in the data set.")],
+    k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
+) -> None:
+    """A user's top-k items (with titles where the data set has them), from the user's
+    private state and the shared model; items the user already has are left out."""
+    from fedrec.data.errors import DataError
+    from fedrec.experiment.recommend import recommend as top_k
+
+    try:
+        recs = top_k(run_dir, user, k)
+    except (DataError, ConfigError, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    table = Table(title=f"top {k} for user {user}")
+    for col in ("rank", "item", "title", "score"):
+        table.add_column(col, justify="right" if col in ("rank", "score") else "left")
+    for r in recs:
+        table.add_row(str(r.rank), str(r.item), r.title or "", f"{r.score:.3f}")
+    console.print(table)
+
+
+@data_app.command("info")
+def data_info(
+    name: Annotated[str, typer.Argument(help="Data set name, e.g. ml-100k, ml-1m.")],
+    data_dir: DataDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Users, items, interactions, density and the interactions-per-user distribution."""
+    from fedrec.data.errors import DataError
+    from fedrec.data.info import describe
+    from fedrec.data.loaders import load_dataset
+
+    try:
+        stats = describe(load_dataset(name, data_dir))
+    except DataError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        console.print_json(json.dumps(stats, default=str))
+        return
+    table = Table(title=f"data set {name}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                table.add_row(f"{key} {sub}", _fmt(v))
+        else:
+            table.add_row(key, _fmt(value))
+    console.print(table)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="Data set name, e.g. ml-100k.")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Find a data set (data dir, cache) or download and verify it into the cache."""
+    from fedrec.data.errors import DataError
+    from fedrec.data.fetch import locate
+
+    try:
+        path = locate(name, data_dir, download=True)
+    except DataError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"{name}: {path}")
+
+
+@config_app.command("show")
+def config_show(
+    config: Annotated[Path | None, typer.Argument(help="A TOML config; omit for defaults.")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Print the resolved configuration (defaults, file, then --set overrides)."""
+    try:
+        cfg = load_config(config, list(set_ or []))
+    except ConfigError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(dump_config(cfg), markup=False, highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
