@@ -142,19 +142,16 @@ def run(
     rows = {"valid": summary["valid"], "test": summary["test"]}
     if "test_full" in summary:
         rows["test (full)"] = summary["test_full"]
-    console.print(
-        _metrics_table(
-            f"{cfg.data.name} · {cfg.model.name} · {cfg.mode} · best "
-            + (
-                f"round {summary['best_round']}"
-                if cfg.mode == "federated"
-                else f"epoch {summary['best_epoch']}"
-            )
-            + f" · "
-            f"{summary['seconds']:.1f}s",
-            rows,
-        )
+    best = (
+        f"round {summary['best_round']}"
+        if cfg.mode == "federated"
+        else f"epoch {summary['best_epoch']}"
     )
+    console.print(
+        f"[bold]{cfg.data.name} · {cfg.model.name} · {cfg.mode}[/] · best {best} "
+        f"(chosen on validation) · {summary['seconds']:.1f}s"
+    )
+    console.print(_metrics_table("", rows))
     console.print(f"results in {out}/summary.json")
 
 

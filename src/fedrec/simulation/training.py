@@ -281,7 +281,8 @@ def train_federated(
         history.append(record)
         if on_round is not None:
             on_round(record)
-        if fed.checkpoint_every and (state.round % fed.checkpoint_every == 0 or stop):
+        last = stop or state.round == fed.rounds
+        if fed.checkpoint_every and (state.round % fed.checkpoint_every == 0 or last):
             save_checkpoint()
         if stop:
             break
