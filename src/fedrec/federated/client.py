@@ -187,6 +187,39 @@ class LocalTrainer:
         return g_rows, g_dense, value.detach()
 
 
+@dataclass(frozen=True)
+class _Packing:
+    """Row tables laid side by side in one 2-D tensor (row shape flattened into columns)."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @staticmethod
+    def of(tables: Params) -> _Packing:
+        return _Packing(tuple(tables), tuple(tuple(t.shape[1:]) for t in tables.values()))
+
+    @property
+    def widths(self) -> list[int]:
+        return [int(np.prod(sh, dtype=np.int64)) for sh in self.shapes]
+
+    def pack(self, tables: Params, n_rows: int) -> Tensor:
+        if not self.names:
+            return torch.zeros((n_rows, 0))
+        return torch.cat([tables[n].reshape(n_rows, -1) for n in self.names], dim=1)
+
+    def unpack(self, packed: Tensor) -> Params:
+        lead = packed.shape[:-1]
+        parts = torch.split(packed, self.widths, dim=-1) if self.names else ()
+        return {
+            n: p.reshape(*lead, *sh)
+            for n, p, sh in zip(self.names, parts, self.shapes, strict=True)
+        }
+
+    def pack_grads(self, grads: Params) -> Tensor:
+        lead = grads[self.names[0]].shape[: -len(self.shapes[0]) or None]
+        return torch.cat([grads[n].reshape(*lead, -1) for n in self.names], dim=-1)
+
+
 class _RowOptimizer:
     """SGD, or row-sparse Adam, on flat row tables; dense Adam on per-client dense tensors."""
 
@@ -260,53 +293,61 @@ def train_clients(
     C = len(group)
     user_offsets = np.concatenate([[0], np.cumsum(group.n_local_users)]).astype(np.int64)
     item_ids = torch.from_numpy(plan.local_items)
-    tables: Params = {n: private[n].detach().clone() for n in lay.private}
-    for n in lay.item_rows:
-        tables[n] = shared[n][item_ids].detach().clone()
+    # Every user table in one tensor, every item table in another (columns side by side): one
+    # gather and one scatter per step and kind, whatever the number of tables.
+    upack = _Packing.of({n: private[n] for n in lay.private})
+    ipack = _Packing.of({n: shared[n] for n in lay.item_rows})
+    utable = upack.pack({n: private[n].detach() for n in lay.private}, int(user_offsets[-1]))
+    itable = ipack.pack({n: shared[n].detach()[item_ids] for n in lay.item_rows}, len(item_ids))
     dense = {
         n: shared[n].detach().unsqueeze(0).expand((C, *shared[n].shape)).clone() for n in lay.dense
     }
-    anchor_items = {n: tables[n].clone() for n in lay.item_rows}
+    anchor_items = itable.clone()
     anchor_dense = {n: v.clone() for n, v in dense.items()}
-    opt = _RowOptimizer(s, tables, dense, C)
+    opt = _RowOptimizer(s, {"user": utable, "item": itable}, dense, C)
+    # Cross-device: one user per client, so a step's user gradients sum per client directly.
+    one_user_each = bool((group.n_local_users == 1).all())
 
     ubase = torch.from_numpy(user_offsets[:-1])
     ibase = torch.from_numpy(plan.item_offsets[:-1])
     n_steps = plan.n_steps
     loss_sum = torch.zeros(C)
     pairwise = plan.items2 is not None
+    users_t, items_t = torch.from_numpy(plan.users), torch.from_numpy(plan.items)
+    items2_t = None if plan.items2 is None else torch.from_numpy(plan.items2)
+    labels_t = torch.from_numpy(plan.labels)
     for step in range(int(n_steps.max(initial=0))):
         act_np = np.nonzero(n_steps > step)[0]
         act = torch.from_numpy(act_np)
         rows_np, valid_np = plan.step_rows(step, s.batch_size, act_np)
         r = torch.from_numpy(rows_np)
         valid = torch.from_numpy(valid_np)
-        batch = {
-            "labels": torch.from_numpy(plan.labels)[r],
-            "mask": valid.to(torch.float32),
-        }
+        batch = {"labels": labels_t[r], "mask": valid.to(torch.float32)}
         # Padding positions point at the client's own first row (masked out of the loss).
-        ukeys = ubase[act, None] + torch.from_numpy(plan.users)[r] * valid
-        ikeys = ibase[act, None] + torch.from_numpy(plan.items)[r] * valid
-        if pairwise:
-            assert plan.items2 is not None
-            i2 = ibase[act, None] + torch.from_numpy(plan.items2)[r] * valid
-            ikeys = torch.cat([ikeys, i2], dim=1)
-        rows = {n: tables[n][ukeys] for n in lay.private}
-        rows.update({n: tables[n][ikeys] for n in lay.item_rows})
-        anchor_rows = {n: anchor_items[n][ikeys] for n in lay.item_rows}
+        ukeys = ubase[act, None] + users_t[r] * valid
+        ikeys = ibase[act, None] + items_t[r] * valid
+        if items2_t is not None:
+            ikeys = torch.cat([ikeys, ibase[act, None] + items2_t[r] * valid], dim=1)
+        rows = upack.unpack(utable[ukeys])
+        rows.update(ipack.unpack(itable[ikeys]))
+        anchor_rows = ipack.unpack(anchor_items[ikeys]) if s.prox_mu > 0 else {}
         dense_act = {n: v[act] for n, v in dense.items()}
         anchor_act = {n: v[act] for n, v in anchor_dense.items()}
         g_rows, g_dense, loss = trainer._vgrads(rows, dense_act, anchor_rows, anchor_act, batch)
 
         opt.tick(act)
-        sample_client = act[:, None].expand_as(ukeys)
-        for n in lay.private:
-            opt.rows(n, tables[n], ukeys[valid], g_rows[n][valid], sample_client[valid])
-        ivalid = torch.cat([valid, valid], dim=1) if pairwise else valid
-        iclient = act[:, None].expand_as(ikeys)
-        for n in lay.item_rows:
-            opt.rows(n, tables[n], ikeys[ivalid], g_rows[n][ivalid], iclient[ivalid])
+        if upack.names:
+            gu = upack.pack_grads(g_rows)
+            if one_user_each:
+                opt.rows("user", utable, ubase[act], gu.sum(1), act)
+            else:
+                client = act[:, None].expand_as(ukeys)
+                opt.rows("user", utable, ukeys[valid], gu[valid], client[valid])
+        if ipack.names:
+            ivalid = torch.cat([valid, valid], dim=1) if pairwise else valid
+            iclient = act[:, None].expand_as(ikeys)
+            gi = ipack.pack_grads(g_rows)
+            opt.rows("item", itable, ikeys[ivalid], gi[ivalid], iclient[ivalid])
         for n in lay.dense:
             opt.dense(n, dense[n], g_dense[n], act)
         loss_sum[act] += loss
@@ -318,10 +359,10 @@ def train_clients(
         num_examples=plan.num_examples,
         item_offsets=plan.item_offsets,
         item_ids=item_ids,
-        item_deltas={n: tables[n] - anchor_items[n] for n in lay.item_rows},
+        item_deltas=ipack.unpack(itable - anchor_items),
         dense_deltas={n: dense[n] - anchor_dense[n] for n in lay.dense},
         user_offsets=user_offsets,
-        private={n: tables[n] for n in lay.private},
+        private=upack.unpack(utable),
         losses=losses,
     )
 

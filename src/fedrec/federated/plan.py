@@ -131,12 +131,33 @@ class RoundPlan:
         return rows.astype(np.int64), valid
 
 
-def _member(sorted_keys: IntArray, query: IntArray) -> npt.NDArray[np.bool_]:
-    """``query in sorted_keys`` elementwise (binary search: much faster than np.isin here)."""
-    if len(sorted_keys) == 0:
-        return np.zeros(query.shape, dtype=bool)
-    pos = np.searchsorted(sorted_keys, query).clip(max=len(sorted_keys) - 1)
-    return np.asarray(sorted_keys[pos] == query)
+class _KeySet:
+    """Membership in a set of int64 keys: a bitmap when their range is small, else binary search
+    (both far faster than np.isin at these sizes)."""
+
+    def __init__(self, sorted_keys: IntArray, key_range: int) -> None:
+        self.bitmap: npt.NDArray[np.bool_] | None = None
+        self.keys = sorted_keys
+        if key_range <= 1 << 28:
+            self.bitmap = np.zeros(key_range, dtype=bool)
+            self.bitmap[sorted_keys] = True
+
+    def contains(self, query: IntArray) -> npt.NDArray[np.bool_]:
+        if self.bitmap is not None:
+            return np.asarray(self.bitmap[query])
+        if len(self.keys) == 0:
+            return np.zeros(query.shape, dtype=bool)
+        pos = np.searchsorted(self.keys, query).clip(max=len(self.keys) - 1)
+        return np.asarray(self.keys[pos] == query)
+
+
+def _sorted_unique(keys: IntArray) -> IntArray:
+    """Sorted distinct keys (a sort and a mask: faster than np.unique's hashing here)."""
+    k = np.sort(keys)
+    if len(k) == 0:
+        return k
+    out: IntArray = k[np.concatenate([[True], k[1:] != k[:-1]])]
+    return out
 
 
 def _unique_with_index(keys: IntArray, key_range: int) -> tuple[IntArray, IntArray]:
@@ -155,7 +176,7 @@ def _negatives(
     group: ClientGroup,
     row_client: IntArray,
     row_key_user: IntArray,
-    pos_keys: IntArray,
+    positives: _KeySet,
     k: int,
     seed: int,
     round_: int,
@@ -168,31 +189,26 @@ def _negatives(
     excluding held-out items would leak them into training.
     """
     n = group.n_items
-    cid = group.client_ids[row_client]
-    t = np.arange(k, dtype=np.int64)[None, :]
-    shape = (len(row_client), k)
-    cid2 = np.broadcast_to(cid[:, None], shape)
-    r2 = np.broadcast_to(row_in_client[:, None], shape)
-    out = rng.randint(n, seed, round_, cid2, rng.NEGATIVES, epoch, r2, t, 0)
-    todo = _member(pos_keys, row_key_user[:, None] * n + out)
+    cid = np.repeat(group.client_ids[row_client], k)
+    counter = (row_in_client[:, None] * k + np.arange(k, dtype=np.int64)[None, :]).reshape(-1)
+    user_key = np.repeat(row_key_user, k) * n
+    out = rng.randint(n, seed, round_, rng.NEGATIVES, epoch, 0, cid, counter)
+    todo = np.flatnonzero(positives.contains(user_key + out))
     attempt = 0
-    while todo.any():
+    while len(todo):
         attempt += 1
         if attempt > 1000:
-            bad = np.unique(group.client_ids[row_client[np.nonzero(todo)[0]]])
+            bad = np.unique(cid[todo])
             raise ValueError(
                 f"could not draw negatives for client(s) {bad[:5].tolist()}: "
                 "a user has interacted with (almost) every item"
             )
-        idx = np.nonzero(todo)
         redraw = rng.randint(
-            n, seed, round_, cid2[idx], rng.NEGATIVES, epoch, r2[idx], t[0, idx[1]], attempt
+            n, seed, round_, rng.NEGATIVES, epoch, attempt, cid[todo], counter[todo]
         )
-        out[idx] = redraw
-        still = _member(pos_keys, row_key_user[idx[0]] * n + redraw)
-        todo[:] = False
-        todo[idx[0][still], idx[1][still]] = True
-    return out
+        out[todo] = redraw
+        todo = todo[positives.contains(user_key[todo] + redraw)]
+    return out.reshape(len(row_client), k)
 
 
 def plan_round(
@@ -216,7 +232,10 @@ def plan_round(
     row_in_client = np.arange(len(group.items), dtype=np.int64) - group.offsets[row_client]
     user_base = np.concatenate([[0], np.cumsum(group.n_local_users)]).astype(np.int64)
     key_user = user_base[row_client] + group.users
-    pos_keys = np.unique(key_user * group.n_items + group.items)
+    positives = _KeySet(
+        _sorted_unique(key_user * group.n_items + group.items),
+        int(user_base[-1]) * group.n_items,
+    )
     pairwise = loss == "bpr"
     k = 0 if loss == "mse" else negatives
     if pairwise and k < 1:
@@ -232,7 +251,7 @@ def plan_round(
     )
     for e in range(epochs):
         neg = (
-            _negatives(group, row_client, key_user, pos_keys, k, seed, round_, e, row_in_client)
+            _negatives(group, row_client, key_user, positives, k, seed, round_, e, row_in_client)
             if k
             else np.zeros((len(row_client), 0), dtype=np.int64)
         )
@@ -259,7 +278,9 @@ def plan_round(
             s_label = np.concatenate(
                 [labels.astype(np.float32), np.zeros(len(row_client) * k, np.float32)]
             )
-        shuffle = rng.hash64(seed, round_, group.client_ids[s_client], rng.SHUFFLE, e, s_row, s_t)
+        shuffle = rng.hash64(
+            seed, round_, rng.SHUFFLE, e, group.client_ids[s_client], s_row * (k + 1) + s_t
+        )
         parts_client.append(s_client)
         parts_key.append((s_client * epochs + e, shuffle))
         parts_user.append(s_user)
