@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +77,3 @@ class RunDirectory:
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         return self.write_json("summary.json", summary)
-
-    def relative(self, name: str) -> str:
-        return os.path.join(str(self.path), name)

@@ -15,7 +15,7 @@ its own offset), so no client is padded to another's size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -95,7 +95,6 @@ class ClientUpdate:
     dense_deltas: Params
     private: Params
     loss: float
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class _RowScorer(torch.nn.Module):

@@ -20,7 +20,6 @@ _M2 = np.uint64(0x94D049BB133111EB)
 # Stream tags keep independent uses of the same counters apart.
 NEGATIVES = 1
 SHUFFLE = 2
-INIT = 3
 
 
 def _mix(z: U64) -> U64:

@@ -78,6 +78,9 @@ class Recommender(nn.Module, ABC):
         User tables are the private ones (``_private``); item tables are the other embeddings
         with one row per item. Federated training trains and ships these row by row.
         """
+        cached: list[tuple[str, nn.Embedding, bool]] | None = self.__dict__.get("_tables")
+        if cached is not None:  # forward calls this per batch; the module tree never changes
+            return cached
         out = []
         for name, module in self.named_modules():
             if not isinstance(module, nn.Embedding):
@@ -86,6 +89,7 @@ class Recommender(nn.Module, ABC):
                 out.append((f"{name}.weight", module, True))
             elif module.num_embeddings == self.n_items:
                 out.append((f"{name}.weight", module, False))
+        self.__dict__["_tables"] = out
         return out
 
     def gather_rows(self, users: Tensor, items: Tensor) -> dict[str, Tensor]:
