@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-DEMO_CONFIG ?= configs/ml-100k-central-mf.toml
+DEMO_CONFIG ?= configs/ml-100k-fedmf.toml
 DEMO_OUT    ?= runs/demo
 
 .PHONY: demo test lint typecheck pytest bench-centralized clean
@@ -10,7 +10,7 @@ DEMO_OUT    ?= runs/demo
 # The venv is rebuilt when pyproject.toml changes; torch is pinned there (CPU build).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,he]'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -40,14 +40,26 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: Literal["popularity", "mf", "gmf", "mlp", "neumf"] = "mf"
-    dim: int = Field(64, ge=1)
-    """Embedding size (for NeuMF: of the GMF part)."""
+    name: Literal["popularity", "mf", "gmf", "mlp", "neumf", "pfedrec", "two-tower"] = "mf"
+    dim: int = Field(64, ge=0)
+    """Embedding size (for NeuMF: of the GMF part). Only two-tower accepts 0 (features only)."""
     mlp_layers: list[int] = Field(default_factory=lambda: [128, 64, 32])
     """MLP tower widths; the first is the concatenated user+item embedding size."""
     dropout: float = Field(0.0, ge=0, lt=1)
     init_std: float = Field(0.01, gt=0)
     use_bias: bool = True
+    tower_layers: list[int] = Field(default_factory=lambda: [64, 32])
+    """Two-tower: widths of each tower's layers after its input (the last is the output)."""
+    user_features: list[str] | None = None
+    """Two-tower: profile columns to use (None: every usable one). They stay on the device."""
+    item_features: list[str] | None = None
+    """Two-tower: item attribute columns to use (None: every usable one)."""
+
+    @model_validator(mode="after")
+    def _dim_zero_only_for_two_tower(self) -> ModelConfig:
+        if self.dim == 0 and self.name != "two-tower":
+            raise ValueError(f"model.dim must be >= 1 for {self.name!r} (0 is two-tower only)")
+        return self
 
 
 class TrainConfig(_Section):
@@ -80,6 +92,9 @@ class LocalConfig(_Section):
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(0.1, gt=0)
+    dense_lr: float | None = Field(None, gt=0)
+    """Step size for dense (tower) parameters; None: ``lr``. Embedding rows each see a few
+    samples per round while towers see all of them, so they often want different steps."""
     optimizer: Literal["sgd", "adam"] = "sgd"
     negatives: int = Field(4, ge=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -122,6 +137,99 @@ class FederatedConfig(_Section):
     local: LocalConfig = Field(default_factory=LocalConfig)
 
 
+class SecAggConfig(_Section):
+    """Secure aggregation (SecAgg+, Bell et al. 2020): the server learns only the sum."""
+
+    enabled: bool = False
+    neighbours: int | None = Field(None, ge=2)
+    """Neighbours per client in the masking graph; None: on the order of log2(clients)."""
+    threshold: float = Field(0.5, gt=0, le=1)
+    """Fraction of a client's neighbourhood needed to unmask it when it drops."""
+    clip: float = Field(4.0, gt=0)
+    """Every uploaded value is clipped to [-clip, clip] before fixed-point quantisation."""
+    bits: Literal[32, 64] = 32
+    """Ring Z_{2^bits} of the masked sums."""
+
+
+class DPConfig(_Section):
+    """User-level DP-FedAvg (McMahan et al. 2018) with accounting by dp-accounting."""
+
+    enabled: bool = False
+    mode: Literal["central", "distributed"] = "central"
+    """``central``: the (trusted) server noises the sum; ``distributed``: each client adds its
+    share of the noise before secure aggregation, so nobody sees an unnoised sum."""
+    clip: float = Field(1.0, gt=0)
+    """L2 bound on one client's whole upload (rows, per-row counts, dense tensors)."""
+    noise_multiplier: float | None = Field(None, ge=0)
+    target_epsilon: float | None = Field(None, gt=0)
+    """The budget: training stops before a round that would exceed it. Without
+    ``noise_multiplier``, the noise is calibrated so ``federated.rounds`` rounds spend it."""
+    delta: float = Field(1e-5, gt=0, lt=1)
+    accountant: Literal["rdp", "pld"] = "rdp"
+    count_scale: float = Field(0.1, gt=0)
+    """Each touched item row also carries ``count_scale`` in a per-row count vector (clipped and
+    noised with the rows), so per-row averaging divides by a private count."""
+    min_count: float = Field(1.0, gt=0)
+    """Noisy per-row counts are floored here before dividing."""
+    adaptive_clip: bool = False
+    """Adaptive clipping (Andrew et al. 2021): track a quantile of update norms privately."""
+    target_quantile: float = Field(0.5, gt=0, lt=1)
+    clip_lr: float = Field(0.2, gt=0)
+    clip_count_stddev: float | None = Field(None, gt=0)
+    """Noise on the count of clients under the clip; None: expected clients / 20."""
+
+
+class LDPConfig(_Section):
+    """Local DP: each client clips and noises its own upload every round."""
+
+    enabled: bool = False
+    mechanism: Literal["gaussian", "laplace"] = "gaussian"
+    epsilon: float = Field(8.0, gt=0)
+    """Per-round epsilon of one client's upload."""
+    delta: float = Field(1e-5, gt=0, lt=1)
+    clip: float = Field(1.0, gt=0)
+
+
+class ObfuscationConfig(_Section):
+    """Pseudo-item obfuscation (Lin et al. 2020, FedRec): extra uploaded rows for unrated items."""
+
+    pseudo_items: int = Field(0, ge=0)
+    """Unrated items each client adds per round, trained with labels drawn from the model's
+    own prediction (zero-mean updates that look like real ones)."""
+
+
+class HEConfig(_Section):
+    """CKKS homomorphic encryption of uploads (TenSEAL; ``pip install 'fedrec[he]'``)."""
+
+    enabled: bool = False
+    poly_modulus_degree: Literal[8192, 16384] = 8192
+
+
+class PrivacyConfig(_Section):
+    """What protects each upload (``[privacy.*]``); all off by default."""
+
+    secagg: SecAggConfig = Field(default_factory=SecAggConfig)
+    dp: DPConfig = Field(default_factory=DPConfig)
+    ldp: LDPConfig = Field(default_factory=LDPConfig)
+    obfuscation: ObfuscationConfig = Field(default_factory=ObfuscationConfig)
+    he: HEConfig = Field(default_factory=HEConfig)
+
+    @property
+    def dense_uploads(self) -> bool:
+        """Uploads of a fixed, data-independent shape (the whole item table): needed whenever
+        the server must not learn which rows a client touched, or noise must cover them all."""
+        return (
+            self.secagg.enabled
+            or self.he.enabled
+            or self.ldp.enabled
+            or (self.dp.enabled and self.dp.mode == "distributed")
+        )
+
+    @property
+    def any(self) -> bool:
+        return self.dense_uploads or self.dp.enabled or self.obfuscation.pseudo_items > 0
+
+
 class RunConfig(_Section):
     """Top level of a run configuration file."""
 
@@ -134,6 +242,7 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     federated: FederatedConfig = Field(default_factory=FederatedConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -151,7 +260,45 @@ class RunConfig(_Section):
                 raise ValueError("federated.partition = 'column' needs federated.silo_column")
             if self.model.dropout > 0:
                 raise ValueError("federated training needs model.dropout = 0")
+        self._check_privacy()
         return self
+
+    def _check_privacy(self) -> None:
+        priv, fed = self.privacy, self.federated
+        if not priv.any:
+            return
+        if self.mode != "federated":
+            raise ValueError("[privacy] mechanisms apply to federated runs (mode = 'federated')")
+        if priv.obfuscation.pseudo_items and self.train.loss != "bce":
+            raise ValueError("privacy.obfuscation.pseudo_items needs train.loss = 'bce'")
+        if priv.secagg.enabled and priv.he.enabled:
+            raise ValueError("choose one of privacy.secagg and privacy.he, not both")
+        if priv.dp.enabled and priv.ldp.enabled:
+            raise ValueError("choose one of privacy.dp (user-level) and privacy.ldp (local)")
+        if priv.dp.enabled:
+            dp = priv.dp
+            if dp.noise_multiplier is None and dp.target_epsilon is None:
+                raise ValueError("privacy.dp needs noise_multiplier, target_epsilon, or both")
+            if dp.mode == "distributed" and not priv.secagg.enabled:
+                raise ValueError(
+                    "privacy.dp.mode = 'distributed' needs privacy.secagg.enabled = true "
+                    "(without secure aggregation each client's small noise share protects nothing)"
+                )
+            if fed.weighted_sampling:
+                raise ValueError(
+                    "privacy.dp accounts uniform sampling only: set federated.weighted_sampling "
+                    "= false"
+                )
+        if (priv.dp.enabled or priv.dense_uploads) and fed.weighting != "uniform":
+            raise ValueError(
+                "privacy mechanisms need federated.weighting = 'uniform': an example-weighted "
+                "upload's size depends on private data (unbounded sensitivity, ring overflow)"
+            )
+        if priv.dense_uploads and fed.encoding != "float32":
+            raise ValueError(
+                "dense protected uploads are quantised by the mechanism itself; "
+                "keep federated.encoding = 'float32'"
+            )
 
 
 class ConfigError(ValueError):

@@ -90,6 +90,49 @@ def test_federated_run_reports_rounds_and_bytes(tmp_path: Path, data_dir: Path) 
     assert [r["round"] for r in rounds] == [1, 2]
     assert all(r["participants"] == 283 for r in rounds)  # 30% of 943
     assert (out / "checkpoints" / "checkpoint.pt").exists()
+    for png in ("learning_curves.png", "loss.png", "valid_HR10.png", "valid_NDCG10.png"):
+        assert (out / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+    assert summary["uploads"]["form"] == "sparse rows with item ids"
+
+    # The audit replays a round as this server saw it: plain sparse FedMF leaks everything.
+    _run("audit", str(out), "--clients", "100")
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["server_view"] == "sparse rows with item ids"
+    assert audit["item_inference"]["auc_mean"] > 0.95
+    assert audit["item_inference"]["matched_auc_mean"] > 0.95
+    assert audit["item_inference"]["n_clients"] == 100
+    assert 0.3 < audit["membership_inference"]["auc"] < 0.8
+
+
+def test_secagg_dp_run_reports_epsilon_and_hides_clients(tmp_path: Path, data_dir: Path) -> None:
+    out = tmp_path / "private"
+    _run(
+        "run",
+        str(ROOT / "configs/ml-100k-fedmf-secagg-dp.toml"),
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data_dir),
+        "--set",
+        "federated.rounds=1",
+        "--set",
+        "federated.sampling='count'",
+        "--set",
+        "federated.count=60",
+        "--set",
+        "threads=1",
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    priv = summary["privacy"]
+    assert priv["sampling"] == "fixed" and priv["rounds"] == 1 and priv["delta"] == 1e-6
+    assert 7.0 < priv["epsilon"] <= 8.0 and priv["accountant"] == "rdp"
+    assert summary["uploads"]["secure_aggregation"] and summary["uploads"]["user_level_dp"]
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["epsilon"] == priv["epsilon"]
+    _run("audit", str(out), "--clients", "60")
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["server_view"] == "sum over clients only"
+    assert 0.4 < audit["item_inference"]["matched_auc_mean"] < 0.6
 
 
 def test_data_info_and_bad_input(data_dir: Path, tmp_path: Path) -> None:

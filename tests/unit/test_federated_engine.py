@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from fedrec.data.table import Interactions
 from fedrec.federated.client import LocalSettings, LocalTrainer, client_update
+from fedrec.federated.encoding import INDEX_BYTES
 from fedrec.federated.layout import ParamLayout
 from fedrec.federated.partition import Partition, client_groups, cross_device, random_silos
 from fedrec.federated.plan import plan_round
@@ -22,7 +23,10 @@ from fedrec.federated.strategies import Strategy
 from fedrec.models.base import Recommender
 from fedrec.models.mf import MF
 from fedrec.models.ncf import GMF, MLP, NeuMF
+from fedrec.models.pfedrec import PFedRec
+from fedrec.models.two_tower import TwoTower
 from fedrec.simulation.engines import BatchedEngine, EngineSettings, PrivateStore, SequentialEngine
+from fedrec.simulation.protected import SparseSink
 
 N_USERS, N_ITEMS = 30, 25
 
@@ -48,6 +52,15 @@ MODELS: dict[str, Callable[[], Recommender]] = {
     "gmf": lambda: GMF(N_USERS, N_ITEMS, 8),
     "mlp": lambda: MLP(N_USERS, N_ITEMS, [16, 8]),
     "neumf": lambda: NeuMF(N_USERS, N_ITEMS, 8, [16, 8]),
+    "pfedrec": lambda: PFedRec(N_USERS, N_ITEMS, 8),
+    "two-tower": lambda: TwoTower(
+        N_USERS,
+        N_ITEMS,
+        np.random.default_rng(1).normal(size=(N_USERS, 3)).astype(np.float32),
+        np.random.default_rng(2).normal(size=(N_ITEMS, 2)).astype(np.float32),
+        dim=4,
+        layers=[6, 4],
+    ),
 }
 
 
@@ -328,3 +341,29 @@ def test_bad_settings_are_refused() -> None:
         Selection("stratified")
     with pytest.raises(ValueError, match="dropout"):
         LocalTrainer(NeuMF(3, 3, 2, [4, 2], dropout=0.5), LocalSettings())
+
+
+def test_feature_tables_are_never_trained_nor_counted_as_upload() -> None:
+    local = LocalSettings(epochs=1, batch_size=5, lr=0.5, negatives=2, weight_decay=0.1)
+    state, store = _simulate("batched", "two-tower", silos=False, local=local)
+    torch.manual_seed(0)
+    init = dict(MODELS["two-tower"]().named_parameters())
+    assert torch.equal(store.tables["user_profile.weight"], init["user_profile.weight"])
+    assert torch.equal(state.shared["item_profile.weight"], init["item_profile.weight"])
+    assert not torch.equal(state.shared["item_emb.weight"], init["item_emb.weight"])
+    model = MODELS["two-tower"]()
+    layout = ParamLayout.of(model)
+    assert set(layout.frozen) == {"user_profile.weight", "item_profile.weight"}
+    params = dict(model.named_parameters())
+    sink = SparseSink(
+        layout,
+        {k: params[k] for k in layout.shared},
+        N_ITEMS,
+        np.array([0]),
+        encoding="float32",
+        uniform=True,
+    )
+    up = sink.per_row * 3 + INDEX_BYTES * 3 + sink.dense_bytes
+    # 3 rows of (4 embedding + 1 bias) float32 values with a 4-byte id, plus both towers
+    towers = sum(p.numel() for n, p in params.items() if n.split(".")[0].endswith("tower"))
+    assert up == 3 * (5 * 4 + 4) + 4 * towers

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch.func import functional_call
@@ -24,6 +26,9 @@ from fedrec.models import (
     l2_penalty,
     mse_loss,
 )
+from fedrec.models.features import MAX_CATEGORIES, encode_features
+from fedrec.models.pfedrec import PFedRec
+from fedrec.models.two_tower import TwoTower
 
 N_USERS, N_ITEMS = 7, 11
 
@@ -52,7 +57,20 @@ def _models() -> list[Recommender]:
         NeuMF(N_USERS, N_ITEMS, dim=5, layers=[8, 6, 3], init_std=0.3),
         NeuMF(N_USERS, N_ITEMS, dim=5, layers=[4, 2], dropout=0.2, init_std=0.3),
         Popularity(N_USERS, N_ITEMS, train.items),
+        PFedRec(N_USERS, N_ITEMS, dim=5, init_std=0.3),
+        TwoTower(N_USERS, N_ITEMS, _feats(N_USERS, 3), _feats(N_ITEMS, 4), dim=5, layers=[6, 4]),
+        _features_only(),
     ]
+
+
+def _features_only() -> TwoTower:
+    m = TwoTower(N_USERS, N_ITEMS, _feats(N_USERS, 3), _feats(N_ITEMS, 4), dim=0, layers=[4])
+    torch.nn.init.normal_(m.item_bias.weight)  # zero at init: make the L2 check meaningful
+    return m
+
+
+def _feats(n: int, f: int) -> np.ndarray:
+    return np.random.default_rng(n * f).normal(size=(n, f)).astype(np.float32)
 
 
 MODELS = _models()
@@ -225,13 +243,80 @@ def test_popularity_ranks_by_training_counts_only() -> None:
 
 @pytest.mark.parametrize(
     ("name", "cls"),
-    [("popularity", Popularity), ("mf", MF), ("gmf", GMF), ("mlp", MLP), ("neumf", NeuMF)],
+    [
+        ("popularity", Popularity),
+        ("mf", MF),
+        ("gmf", GMF),
+        ("mlp", MLP),
+        ("neumf", NeuMF),
+        ("pfedrec", PFedRec),
+        ("two-tower", TwoTower),
+    ],
 )
 def test_build_model(name: str, cls: type[Recommender]) -> None:
     cfg = ModelConfig(name=name, dim=6, mlp_layers=[10, 4])  # type: ignore[arg-type]
-    model = build_model(cfg, N_USERS, N_ITEMS, _interactions([0], [1]))
+    train = dataclasses.replace(
+        _interactions([0], [1]),
+        user_features=pd.DataFrame({"age": np.arange(N_USERS), "sex": ["F", "M"] * 3 + ["F"]}),
+        item_features=pd.DataFrame({"genre:A": np.arange(N_ITEMS) % 2}),
+    )
+    model = build_model(cfg, N_USERS, N_ITEMS, train)
     assert type(model) is cls
     assert (model.n_users, model.n_items) == (N_USERS, N_ITEMS)
+
+
+def test_pfedrec_users_start_from_one_shared_score_function() -> None:
+    model = PFedRec(N_USERS, N_ITEMS, dim=4)
+    w = model.score_weight.weight
+    assert torch.equal(w, w[:1].expand_as(w))
+    assert model.private_parameter_names() == ["score_weight.weight", "score_bias.weight"]
+    assert model.shared_parameter_names() == ["item_emb.weight"]
+
+
+def test_two_tower_keeps_profiles_private_and_frozen() -> None:
+    uf, itf = _feats(N_USERS, 3), _feats(N_ITEMS, 4)
+    model = TwoTower(N_USERS, N_ITEMS, uf, itf, dim=4, layers=[5, 3])
+    assert set(model.private_parameter_names()) == {"user_emb.weight", "user_profile.weight"}
+    assert set(model.frozen_parameter_names()) == {"user_profile.weight", "item_profile.weight"}
+    assert "user_profile.weight" not in model.shared_parameter_names()
+    u, i = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])
+    model(u, i).sum().backward()
+    assert model.user_profile.weight.grad is None and model.item_profile.weight.grad is None
+    assert model.user_emb.weight.grad is not None
+    with pytest.raises(ValueError, match="feature rows"):
+        TwoTower(N_USERS, N_ITEMS, uf[:2], itf)
+    with pytest.raises(ValueError, match="user side is empty"):
+        TwoTower(N_USERS, N_ITEMS, uf[:, :0], itf, dim=0)
+
+
+def test_feature_encoding_standardises_numbers_and_one_hots_categories() -> None:
+    frame = pd.DataFrame(
+        {
+            "age": [20, 30, 40],
+            "gender": ["M", "F", "M"],
+            "zip": [f"{k:05d}" for k in range(3)],
+            "genre:Drama": [0, 1, 1],
+        }
+    )
+    enc = encode_features(frame, 3)
+    assert enc.columns == (
+        "age",
+        "gender=F",
+        "gender=M",
+        "zip=00000",
+        "zip=00001",
+        "zip=00002",
+        "genre:Drama",
+    )
+    np.testing.assert_allclose(enc.values[:, 0], [-1.2247449, 0.0, 1.2247449], rtol=1e-5)
+    np.testing.assert_array_equal(enc.values[:, 1:3], [[0, 1], [1, 0], [0, 1]])
+    np.testing.assert_array_equal(enc.values[:, -1], [0, 1, 1])
+    ids = pd.DataFrame({"title": [f"t{k}" for k in range(MAX_CATEGORIES + 1)]})
+    assert encode_features(ids, MAX_CATEGORIES + 1).dropped == ("title",)
+    with pytest.raises(ValueError, match="unknown feature columns"):
+        encode_features(frame, 3, ["height"])
+    with pytest.raises(ValueError, match="rows"):
+        encode_features(frame, 4)
 
 
 def test_build_model_errors() -> None:

@@ -127,10 +127,14 @@ def run(
                         latest["valid"] = valid_text(record)
                     loss = record.get("loss", float("nan"))
                     up = record.get("bytes_up_per_client", 0.0) / 1024
+                    eps = record.get("epsilon")
+                    eps_s = f"  ε={eps:.2f}" if isinstance(eps, float) else ""
+                    aborted = "  [red]aborted[/]" if record.get("aborted") else ""
                     progress.update(
                         task,
                         completed=record["round"],
-                        description=f"loss={loss:.4f}  {latest['valid']}  up={up:.1f} KiB/client",
+                        description=f"loss={loss:.4f}  {latest['valid']}  "
+                        f"up={up:.1f} KiB/client{eps_s}{aborted}",
                     )
 
                 summary = run_experiment(cfg, run_dir, on_eval=on_round, resume=resume)
@@ -152,6 +156,14 @@ def run(
         f"(chosen on validation) · {summary['seconds']:.1f}s"
     )
     console.print(_metrics_table("", rows))
+    if "privacy" in summary:
+        p = summary["privacy"]
+        console.print(
+            f"privacy: ε = {p['epsilon']:.3f} at δ = {p['delta']:g} ({p.get('mechanism', '')}"
+            f", {p.get('accountant', 'per-client composition')})"
+        )
+    if summary.get("stop_reason") and "budget" in summary["stop_reason"]:
+        console.print(f"[yellow]stopped: {summary['stop_reason']}[/]")
     console.print(f"results in {out}/summary.json")
 
 
@@ -176,6 +188,52 @@ def recommend(
     for r in recs:
         table.add_row(str(r.rank), str(r.item), r.title or "", f"{r.score:.3f}")
     console.print(table)
+
+
+@app.command()
+def audit(
+    run_dir: Annotated[Path, typer.Argument(help="A federated run directory.")],
+    clients: Annotated[int, typer.Option(help="Clients to attack (at most).")] = 500,
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write the JSON (default RUN_DIR/audit.json).")
+    ] = None,
+) -> None:
+    """Attack what the run's server receives: item inference from one replayed round (per
+    client, or from the sum under SecAgg/HE) and membership inference on the final model."""
+    from fedrec.data.errors import DataError
+    from fedrec.experiment.audit import audit_run
+    from fedrec.utils.atomic import atomic_write_text
+
+    try:
+        report = audit_run(run_dir, clients=clients)
+    except (DataError, ConfigError, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    target = out or run_dir / "audit.json"
+    atomic_write_text(target, json.dumps(report, indent=2) + "\n")
+    inf = report["item_inference"]
+    table = Table(title=f"privacy audit of {run_dir} (server saw: {report['server_view']})")
+    table.add_column("attack")
+    table.add_column("ROC-AUC matched", justify="right")
+    table.add_column("ROC-AUC all items", justify="right")
+    table.add_column("precision", justify="right")
+    table.add_column("recall", justify="right")
+    table.add_column("F1", justify="right")
+    table.add_column("random guess (AUC / precision)", justify="right")
+    if inf:
+        table.add_row(
+            f"item inference ({int(inf['n_clients'])} clients)",
+            f"{inf.get('matched_auc_mean', float('nan')):.3f}",
+            f"{inf['auc_mean']:.3f}",
+            f"{inf['precision_mean']:.3f}",
+            f"{inf['recall_mean']:.3f}",
+            f"{inf['f1_mean']:.3f}",
+            f"0.500 / {inf['baseline_precision_mean']:.4f}",
+        )
+    mia = report.get("membership_inference")
+    if mia:
+        table.add_row("membership (final model)", f"{mia['auc']:.3f}", "", "", "", "", "0.500")
+    console.print(table)
+    console.print(f"written: {target}")
 
 
 @data_app.command("info")

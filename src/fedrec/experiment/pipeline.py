@@ -17,6 +17,7 @@ from fedrec.data.loaders import load_dataset, load_table
 from fedrec.data.splits import make_split
 from fedrec.data.table import Interactions, Split
 from fedrec.experiment.outputs import RunDirectory
+from fedrec.report.plots import plot_learning_curves
 from fedrec.simulation.training import FederatedResult, train_federated
 from fedrec.training.centralized import TrainResult, train_centralized
 from fedrec.utils.atomic import atomic_open, atomic_write_text
@@ -103,6 +104,10 @@ def summarize(
         )
         if result.resumed_from is not None:
             summary["resumed_from_round"] = result.resumed_from
+        summary["stop_reason"] = result.stop_reason
+        if result.privacy is not None:
+            summary["privacy"] = result.privacy
+        summary["uploads"] = _uploads(cfg)
     else:
         summary.update(
             {
@@ -114,6 +119,20 @@ def summarize(
     if result.test_full is not None:
         summary["test_full"] = result.test_full
     return summary
+
+
+def _uploads(cfg: RunConfig) -> dict[str, Any]:
+    """What left each client, in words a reader can check against the config."""
+    p = cfg.privacy
+    return {
+        "form": "dense fixed-shape vector" if p.dense_uploads else "sparse rows with item ids",
+        "secure_aggregation": p.secagg.enabled,
+        "homomorphic_encryption": p.he.enabled,
+        "user_level_dp": p.dp.mode if p.dp.enabled else None,
+        "local_dp": p.ldp.mechanism if p.ldp.enabled else None,
+        "pseudo_items": p.obfuscation.pseudo_items,
+        "encoding": cfg.federated.encoding,
+    }
 
 
 def _per_client(result: FederatedResult, key: str) -> float:
@@ -162,6 +181,8 @@ def run_experiment(
     with atomic_open(out.path / "model.pt", "wb", encoding=None) as fh:
         # Simulation only: a deployed client keeps its private rows on its own device.
         torch.save(result.model.state_dict(), fh)
+    x_key = "round" if cfg.mode == "federated" else "epoch"
+    plot_learning_curves(result.history, out.path / "plots", x_key=x_key)
     summary = summarize(cfg, prepared, result, time.perf_counter() - start)
     out.write_summary(summary)
     return summary

@@ -26,6 +26,8 @@ class Accumulator:
     clients: int = 0
     examples: int = 0
     loss_sum: float = 0.0
+    below_centred: float = 0.0
+    """Adaptive clipping: sum over clients of (1[norm <= clip] - 1/2)."""
 
     @staticmethod
     def zeros(layout: ParamLayout, shared: Params, n_items: int) -> Accumulator:

@@ -39,6 +39,8 @@ class LocalSettings:
     epochs: int = 1
     batch_size: int = 64
     lr: float = 0.1
+    dense_lr: float | None = None
+    """Step for dense (tower) parameters; None: ``lr``."""
     optimizer: str = "sgd"
     negatives: int = 4
     loss: str = "bce"
@@ -47,6 +49,8 @@ class LocalSettings:
     prox_mu: float = 0.0
     """FedProx pull towards the round's broadcast model: on dense parameters, and on the
     item rows each sample uses (row-sparse, like the L2 term)."""
+    pseudo_items: int = 0
+    """Obfuscation: unrated items trained and uploaded per round (see ``plan_round``)."""
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
 
@@ -57,8 +61,8 @@ class LocalSettings:
             raise ValueError(f"local loss must be bce, bpr or mse, got {self.loss!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("local epochs and batch_size must be >= 1")
-        if self.lr <= 0:
-            raise ValueError(f"local lr must be > 0, got {self.lr}")
+        if self.lr <= 0 or (self.dense_lr is not None and self.dense_lr <= 0):
+            raise ValueError(f"local lr and dense_lr must be > 0, got {self.lr}, {self.dense_lr}")
 
 
 @dataclass
@@ -149,6 +153,12 @@ class LocalTrainer:
             s2 = functional_call(self._rows_module, dense_params, (second,))
             per = F.softplus(s2 - s)
         elif self.s.loss == "bce":
+            if "pseudo_u" in batch:
+                # Pseudo-items: label ~ Bernoulli(model's own probability), so their expected
+                # gradient is zero and their rows look like real positives or negatives.
+                u = batch["pseudo_u"]
+                drawn = (u < torch.sigmoid(s.detach())).to(s.dtype)
+                labels = torch.where(u >= 0, drawn, labels)
             per = F.binary_cross_entropy_with_logits(s, labels, reduction="none")
         else:
             per = (s - labels) ** 2
@@ -156,14 +166,14 @@ class LocalTrainer:
         reps = 2 if self.s.loss == "bpr" else 1
         if self.s.weight_decay > 0:
             sq = s.new_zeros(())
-            for name in self.layout.private:
+            for name in self.layout.trained(self.layout.private):
                 sq = sq + (rows[name].pow(2).flatten(1).sum(1) * mask).sum()
-            for name in self.layout.item_rows:
+            for name in self.layout.trained(self.layout.item_rows):
                 sq = sq + (rows[name].pow(2).flatten(1).sum(1) * mask.repeat(reps)).sum()
             total = total + self.s.weight_decay * sq / n
         if self.s.prox_mu > 0:
             prox = s.new_zeros(())
-            for name in self.layout.item_rows:
+            for name in self.layout.trained(self.layout.item_rows):
                 diff = (rows[name] - anchor_rows[name]).pow(2).flatten(1).sum(1)
                 prox = prox + (diff * mask.repeat(reps)).sum() / n
             for name in self.layout.dense:
@@ -253,7 +263,7 @@ class _RowOptimizer:
         table.index_add_(0, uk, step, alpha=-lr)
 
     def dense(self, name: str, value: Tensor, grads: Tensor, act: Tensor) -> None:
-        lr = self.s.lr
+        lr = self.s.lr if self.s.dense_lr is None else self.s.dense_lr
         if not self.adam:
             value[act] -= lr * grads
             return
@@ -288,6 +298,7 @@ def train_clients(
         batch_size=s.batch_size,
         negatives=s.negatives,
         loss=s.loss,
+        pseudo_items=s.pseudo_items,
     )
     C = len(group)
     user_offsets = np.concatenate([[0], np.cumsum(group.n_local_users)]).astype(np.int64)
@@ -315,6 +326,7 @@ def train_clients(
     users_t, items_t = torch.from_numpy(plan.users), torch.from_numpy(plan.items)
     items2_t = None if plan.items2 is None else torch.from_numpy(plan.items2)
     labels_t = torch.from_numpy(plan.labels)
+    pseudo_t = None if plan.pseudo_u is None else torch.from_numpy(plan.pseudo_u)
     for step in range(int(n_steps.max(initial=0))):
         act_np = np.nonzero(n_steps > step)[0]
         act = torch.from_numpy(act_np)
@@ -322,6 +334,8 @@ def train_clients(
         r = torch.from_numpy(rows_np)
         valid = torch.from_numpy(valid_np)
         batch = {"labels": labels_t[r], "mask": valid.to(torch.float32)}
+        if pseudo_t is not None:
+            batch["pseudo_u"] = torch.where(valid, pseudo_t[r], torch.full_like(pseudo_t[r], -1))
         # Padding positions point at the client's own first row (masked out of the loss).
         ukeys = ubase[act, None] + users_t[r] * valid
         ikeys = ibase[act, None] + items_t[r] * valid

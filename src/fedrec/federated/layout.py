@@ -21,6 +21,11 @@ class ParamLayout:
     private: tuple[str, ...]
     item_rows: tuple[str, ...]
     dense: tuple[str, ...]
+    frozen: tuple[str, ...] = ()
+    """Feature tables among the above: fed to the model, never trained, never uploaded."""
+
+    def trained(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(n for n in names if n not in self.frozen)
 
     @property
     def shared(self) -> tuple[str, ...]:
@@ -38,7 +43,12 @@ class ParamLayout:
         item_rows = [n for n, _, by_user in tables if not by_user]
         taken = set(private) | set(item_rows)
         dense = tuple(n for n, _ in model.named_parameters() if n not in taken)
-        return ParamLayout(private=private, item_rows=tuple(item_rows), dense=dense)
+        return ParamLayout(
+            private=private,
+            item_rows=tuple(item_rows),
+            dense=dense,
+            frozen=tuple(model.frozen_parameter_names()),
+        )
 
     def split(self, params: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """(private, shared) views of a full parameter dict."""

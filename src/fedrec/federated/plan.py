@@ -99,6 +99,9 @@ class RoundPlan:
     batch_size: int
     num_examples: IntArray
     """Training interactions per client (the FedAvg weight)."""
+    pseudo_u: FloatArray | None = None
+    """Obfuscation: a uniform draw per pseudo-item sample (its label is drawn from the model's
+    own prediction at train time), -1 for real samples; None without pseudo-items."""
 
     @property
     def steps_per_epoch(self) -> IntArray:
@@ -182,6 +185,7 @@ def _negatives(
     round_: int,
     epoch: int,
     row_in_client: IntArray,
+    tag: int = rng.NEGATIVES,
 ) -> IntArray:
     """``k`` negatives per row: uniform over items the row's user has no training positive for.
 
@@ -192,7 +196,7 @@ def _negatives(
     cid = np.repeat(group.client_ids[row_client], k)
     counter = (row_in_client[:, None] * k + np.arange(k, dtype=np.int64)[None, :]).reshape(-1)
     user_key = np.repeat(row_key_user, k) * n
-    out = rng.randint(n, seed, round_, rng.NEGATIVES, epoch, 0, cid, counter)
+    out = rng.randint(n, seed, round_, tag, epoch, 0, cid, counter)
     todo = np.flatnonzero(positives.contains(user_key + out))
     attempt = 0
     while len(todo):
@@ -203,9 +207,7 @@ def _negatives(
                 f"could not draw negatives for client(s) {bad[:5].tolist()}: "
                 "a user has interacted with (almost) every item"
             )
-        redraw = rng.randint(
-            n, seed, round_, rng.NEGATIVES, epoch, attempt, cid[todo], counter[todo]
-        )
+        redraw = rng.randint(n, seed, round_, tag, epoch, attempt, cid[todo], counter[todo])
         out[todo] = redraw
         todo = todo[positives.contains(user_key[todo] + redraw)]
     return out.reshape(len(row_client), k)
@@ -220,8 +222,14 @@ def plan_round(
     batch_size: int,
     negatives: int,
     loss: str,
+    pseudo_items: int = 0,
 ) -> RoundPlan:
-    """Every client's local samples for this round (see :class:`RoundPlan`)."""
+    """Every client's local samples for this round (see :class:`RoundPlan`).
+
+    ``pseudo_items`` (obfuscation, Lin et al. 2020): per client and round, that many items it
+    has no training positive for join every local epoch as extra samples, so the upload
+    holds rows for them too.
+    """
     if epochs < 1:
         raise ValueError(f"local epochs must be >= 1, got {epochs}")
     if batch_size < 1:
@@ -240,6 +248,26 @@ def plan_round(
     k = 0 if loss == "mse" else negatives
     if pairwise and k < 1:
         raise ValueError("BPR needs at least one negative per positive")
+    P = pseudo_items
+    if P and loss != "bce":
+        raise ValueError("pseudo-item obfuscation needs loss = 'bce' (labels drawn from sigmoid)")
+    pseudo = np.zeros((C, 0), dtype=np.int64)
+    if P:
+        # One fixed set per client and round, drawn like negatives on a stream of its own.
+        first_user = user_base[:-1]
+        pseudo = _negatives(
+            group,
+            np.arange(C, dtype=np.int64),
+            first_user,
+            positives,
+            P,
+            seed,
+            round_,
+            0,
+            np.zeros(C, dtype=np.int64),
+            tag=rng.PSEUDO_ITEMS,
+        )
+    parts_u: list[npt.NDArray[np.float32]] = []
 
     parts_client, parts_key, parts_user, parts_item, parts_item2, parts_label = (
         [],
@@ -278,6 +306,20 @@ def plan_round(
             s_label = np.concatenate(
                 [labels.astype(np.float32), np.zeros(len(row_client) * k, np.float32)]
             )
+        s_u = np.full(len(s_client), -1.0, dtype=np.float32)
+        if P:
+            p_client = np.repeat(np.arange(C, dtype=np.int64), P)
+            p_idx = np.tile(np.arange(P, dtype=np.int64), C)
+            s_client = np.concatenate([s_client, p_client])
+            s_row = np.concatenate([s_row, sizes[p_client] + p_idx])
+            s_t = np.concatenate([s_t, np.zeros(len(p_client), np.int64)])
+            s_user = np.concatenate([s_user, np.zeros(len(p_client), np.int64)])
+            s_item = np.concatenate([s_item, pseudo.reshape(-1)])
+            s_label = np.concatenate([s_label, np.zeros(len(p_client), np.float32)])
+            u = rng.hash64(seed, round_, rng.PSEUDO_LABELS, e, group.client_ids[p_client], p_idx)
+            u01 = (u >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+            s_u = np.concatenate([s_u, u01.astype(np.float32)])
+        parts_u.append(s_u)
         shuffle = rng.hash64(
             seed, round_, rng.SHUFFLE, e, group.client_ids[s_client], s_row * (k + 1) + s_t
         )
@@ -300,8 +342,9 @@ def plan_round(
     items = np.concatenate(parts_item)[order]
     items2 = np.concatenate(parts_item2)[order] if pairwise else None
     labels_all = np.concatenate(parts_label)[order]
+    pseudo_u = np.concatenate(parts_u)[order] if P else None
 
-    epoch_sizes = sizes * (k if pairwise else 1 + k)
+    epoch_sizes = sizes * (k if pairwise else 1 + k) + P
     sample_offsets = np.concatenate([[0], np.cumsum(epoch_sizes * epochs)]).astype(np.int64)
 
     n = group.n_items
@@ -329,4 +372,5 @@ def plan_round(
         epochs=epochs,
         batch_size=batch_size,
         num_examples=sizes.astype(np.int64),
+        pseudo_u=pseudo_u,
     )

@@ -20,6 +20,8 @@ _M2 = np.uint64(0x94D049BB133111EB)
 # Stream tags keep independent uses of the same counters apart.
 NEGATIVES = 1
 SHUFFLE = 2
+PSEUDO_ITEMS = 3
+PSEUDO_LABELS = 4
 
 
 def _mix(z: U64) -> U64:

@@ -70,9 +70,26 @@ class RoundOutcome:
 
 
 class ClientRunner(Protocol):
-    """Executes the selected clients' updates and returns only their sums."""
+    """Executes the selected clients' updates and returns only their sums.
 
-    def run(self, clients: IntArray, shared: Params, round_: int) -> RoundOutcome: ...
+    ``dropped``: selected clients that fail before uploading (a protocol such as secure
+    aggregation set them up and must recover from their absence).
+    """
+
+    def run(
+        self, clients: IntArray, shared: Params, round_: int, dropped: IntArray | None = None
+    ) -> RoundOutcome: ...
+
+
+class RoundAbortedError(RuntimeError):
+    """The round released nothing (e.g. too few survivors for secure aggregation or for the
+    distributed DP noise); the shared model stays as it was."""
+
+
+class Finalizer(Protocol):
+    """Server-side privacy between the sums and the update (noise, counts, accounting)."""
+
+    def finalize(self, acc: Accumulator, round_: int, participants: IntArray) -> Accumulator: ...
 
 
 @dataclass
@@ -105,6 +122,7 @@ def run_round(
     n_clients: int,
     per_row_items: bool,
     client_weights: npt.NDArray[np.float64] | None = None,
+    finalizer: Finalizer | None = None,
 ) -> tuple[ServerState, RoundReport]:
     """One federated round; returns the next server state and what happened."""
     start = time.perf_counter()
@@ -114,16 +132,22 @@ def run_round(
     survivors, dropped = selection.drop(selected, gen)
     new_shared, new_strategy_state = state.shared, state.strategy_state
     loss, examples, up, down = float("nan"), 0, 0, 0
+    aborted = ""
     if len(survivors):
-        outcome = runner.run(survivors, state.shared, state.round)
-        acc = outcome.accumulator
-        delta = acc.mean_update(per_row_items)
-        with torch.no_grad():
-            new_shared, new_strategy_state = strategy.apply(
-                state.shared, delta, state.strategy_state
-            )
-        loss, examples = acc.mean_loss, acc.examples
-        up, down = int(outcome.bytes_up.sum()), int(outcome.bytes_down.sum())
+        try:
+            outcome = runner.run(survivors, state.shared, state.round, dropped=dropped)
+            acc = outcome.accumulator
+            up, down = int(outcome.bytes_up.sum()), int(outcome.bytes_down.sum())
+            loss, examples = acc.mean_loss, acc.examples
+            if finalizer is not None:
+                acc = finalizer.finalize(acc, state.round, survivors)
+            delta = acc.mean_update(per_row_items)
+            with torch.no_grad():
+                new_shared, new_strategy_state = strategy.apply(
+                    state.shared, delta, state.strategy_state
+                )
+        except RoundAbortedError as err:
+            aborted = str(err)
     n = max(len(survivors), 1)
     report = RoundReport(
         round=state.round + 1,
@@ -138,6 +162,8 @@ def run_round(
         bytes_down_per_client=down / n,
         seconds=time.perf_counter() - start,
     )
+    if aborted:
+        report.extra["aborted"] = aborted
     return (
         ServerState(
             round=state.round + 1,

@@ -30,6 +30,8 @@ class Recommender(nn.Module, ABC):
     """
 
     _private: tuple[str, ...] = ()
+    _frozen: tuple[str, ...] = ()
+    """Attribute names of feature tables: data gathered like rows, never trained or uploaded."""
     trainable: bool = True
     """False for models fitted in closed form (Popularity): training skips the optimiser."""
 
@@ -111,6 +113,9 @@ class Recommender(nn.Module, ABC):
     def private_parameter_names(self) -> list[str]:
         names = [n for n, _ in self.named_parameters()]
         return [n for n in names if n.split(".")[0] in self._private]
+
+    def frozen_parameter_names(self) -> list[str]:
+        return [n for n, _ in self.named_parameters() if n.split(".")[0] in self._frozen]
 
     def shared_parameter_names(self) -> list[str]:
         private = set(self.private_parameter_names())

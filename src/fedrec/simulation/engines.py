@@ -17,12 +17,12 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
-from fedrec.federated.aggregate import Accumulator
 from fedrec.federated.client import LocalTrainer, client_update, train_clients
-from fedrec.federated.encoding import INDEX_BYTES, encode_decode, tensor_bytes
+from fedrec.federated.encoding import tensor_bytes
 from fedrec.federated.partition import Partition
 from fedrec.federated.plan import ClientGroup
 from fedrec.federated.server import RoundOutcome
+from fedrec.simulation.protected import Chunk, Sink, SinkFactory, SparseSink
 
 Params = dict[str, Tensor]
 IntArray = npt.NDArray[np.int64]
@@ -58,13 +58,6 @@ class EngineSettings:
             raise ValueError(f"weighting must be 'examples' or 'uniform', got {self.weighting!r}")
 
 
-def _encode(x: Tensor, encoding: str, per_client_scalar: bool = False) -> Tensor:
-    """The received value of an upload; a stacked scalar parameter keeps one scale per client."""
-    if per_client_scalar:
-        return encode_decode(x.reshape(-1, 1), encoding).reshape(x.shape)
-    return encode_decode(x, encoding)
-
-
 class _Engine:
     def __init__(
         self,
@@ -73,6 +66,7 @@ class _Engine:
         partition: Partition,
         store: PrivateStore,
         settings: EngineSettings,
+        sinks: SinkFactory | None = None,
     ) -> None:
         if not np.array_equal(group.client_ids, np.arange(len(group))):
             raise ValueError("the client group must hold clients 0..n-1 in order")
@@ -82,50 +76,36 @@ class _Engine:
         self.partition = partition
         self.store = store
         self.settings = settings
+        self.sinks = sinks
+        """Where uploads go (None: plain sparse uploads into the server's sums)."""
 
-    def _weights(self, num_examples: IntArray) -> Tensor:
-        if self.settings.weighting == "uniform":
-            return torch.ones(len(num_examples), dtype=torch.float32)
-        return torch.from_numpy(num_examples.astype(np.float32))
-
-    def _accumulate(
-        self,
-        acc: Accumulator,
-        item_ids: Tensor,
-        item_offsets: IntArray,
-        item_deltas: Params,
-        dense_deltas: Params,
-        num_examples: IntArray,
-        losses: Tensor,
-    ) -> None:
-        """Add a batch of client uploads (flat item rows, stacked dense deltas), as encoded."""
-        enc = self.settings.encoding
-        w = self._weights(num_examples)
-        row_w = torch.repeat_interleave(w, torch.from_numpy(np.diff(item_offsets)))
-        acc.add_items(item_ids, {n: _encode(d, enc) for n, d in item_deltas.items()}, row_w)
-        acc.add_dense({n: _encode(d, enc, d.dim() == 1) for n, d in dense_deltas.items()}, w)
-        acc.add_clients(w, int(num_examples.sum()), float(losses.nansum()))
-
-    def _bytes(self, shared: Params, n_slots: IntArray) -> tuple[IntArray, IntArray]:
-        """(upload, download) bytes per client: sparse item rows with ids, dense tensors whole;
-        the broadcast is the full shared model in float32."""
-        enc = self.settings.encoding
-        per_row = sum(
-            tensor_bytes(tuple(shared[n].shape[1:]) or (1,), enc) for n in self.layout.item_rows
+    def _sink(self, clients: IntArray, dropped: IntArray, shared: Params, round_: int) -> Sink:
+        if self.sinks is not None:
+            return self.sinks(clients, dropped, shared, round_)
+        return SparseSink(
+            self.layout,
+            shared,
+            self.group.n_items,
+            clients,
+            encoding=self.settings.encoding,
+            uniform=self.settings.weighting == "uniform",
         )
-        dense = sum(tensor_bytes(tuple(shared[n].shape), enc) for n in self.layout.dense)
-        up = (n_slots * (per_row + INDEX_BYTES) + dense).astype(np.int64)
+
+    @staticmethod
+    def _download(shared: Params, n: int) -> IntArray:
+        """The broadcast: the full shared model in float32, to every participant."""
         full = sum(tensor_bytes(tuple(v.shape), "float32") for v in shared.values())
-        return up, np.full(len(n_slots), full, dtype=np.int64)
+        return np.full(n, full, dtype=np.int64)
 
 
 class SequentialEngine(_Engine):
     """One client at a time through :func:`client_update`: the reference implementation."""
 
-    def run(self, clients: IntArray, shared: Params, round_: int) -> RoundOutcome:
-        acc = Accumulator.zeros(self.layout, shared, self.group.n_items)
-        slots = np.zeros(len(clients), dtype=np.int64)
-        for pos, c in enumerate(clients):
+    def run(
+        self, clients: IntArray, shared: Params, round_: int, dropped: IntArray | None = None
+    ) -> RoundOutcome:
+        sink = self._sink(clients, _none(dropped), shared, round_)
+        for c in clients:
             users = torch.from_numpy(self.partition.users_of(int(c)))
             upd = client_update(
                 self.trainer,
@@ -136,18 +116,25 @@ class SequentialEngine(_Engine):
                 round_=round_,
             )
             self.store.write(users, upd.private)
-            slots[pos] = len(upd.item_ids)
-            self._accumulate(
-                acc,
-                upd.item_ids,
-                np.array([0, slots[pos]]),
-                upd.item_deltas,
-                {n: d[None] for n, d in upd.dense_deltas.items()},
-                np.array([upd.num_examples]),
-                torch.tensor([upd.loss]),
+            sink.add(
+                Chunk(
+                    clients=np.array([c], dtype=np.int64),
+                    item_ids=upd.item_ids,
+                    item_offsets=np.array([0, len(upd.item_ids)], dtype=np.int64),
+                    item_deltas=upd.item_deltas,
+                    dense_deltas={n: d[None] for n, d in upd.dense_deltas.items()},
+                    num_examples=np.array([upd.num_examples], dtype=np.int64),
+                    losses=torch.tensor([upd.loss]),
+                )
             )
-        up, down = self._bytes(shared, slots)
-        return RoundOutcome(accumulator=acc, bytes_up=up, bytes_down=down)
+        acc, up = sink.finish()
+        return RoundOutcome(
+            accumulator=acc, bytes_up=up, bytes_down=self._download(shared, len(up))
+        )
+
+
+def _none(dropped: IntArray | None) -> IntArray:
+    return np.zeros(0, dtype=np.int64) if dropped is None else dropped
 
 
 class BatchedEngine(_Engine):
@@ -165,8 +152,9 @@ class BatchedEngine(_Engine):
         store: PrivateStore,
         settings: EngineSettings,
         chunk_samples: int = 2_000_000,
+        sinks: SinkFactory | None = None,
     ) -> None:
-        super().__init__(trainer, group, partition, store, settings)
+        super().__init__(trainer, group, partition, store, settings, sinks)
         if chunk_samples < 1:
             raise ValueError(f"chunk_samples must be >= 1, got {chunk_samples}")
         self.chunk_samples = chunk_samples
@@ -182,10 +170,10 @@ class BatchedEngine(_Engine):
         bounds = np.unique(np.concatenate([[0], cut + 1, [len(clients)]]).clip(0, len(clients)))
         return [clients[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
-    def run(self, clients: IntArray, shared: Params, round_: int) -> RoundOutcome:
-        acc = Accumulator.zeros(self.layout, shared, self.group.n_items)
-        slots = np.zeros(len(clients), dtype=np.int64)
-        start = 0
+    def run(
+        self, clients: IntArray, shared: Params, round_: int, dropped: IntArray | None = None
+    ) -> RoundOutcome:
+        sink = self._sink(clients, _none(dropped), shared, round_)
         for chunk in self._chunks(clients):
             users = torch.from_numpy(self.partition.members_of(chunk))
             upd = train_clients(
@@ -197,16 +185,18 @@ class BatchedEngine(_Engine):
                 round_=round_,
             )
             self.store.write(users, upd.private)
-            slots[start : start + len(chunk)] = upd.n_slots
-            start += len(chunk)
-            self._accumulate(
-                acc,
-                upd.item_ids,
-                upd.item_offsets,
-                upd.item_deltas,
-                upd.dense_deltas,
-                upd.num_examples,
-                upd.losses,
+            sink.add(
+                Chunk(
+                    clients=chunk,
+                    item_ids=upd.item_ids,
+                    item_offsets=upd.item_offsets,
+                    item_deltas=upd.item_deltas,
+                    dense_deltas=upd.dense_deltas,
+                    num_examples=upd.num_examples,
+                    losses=upd.losses,
+                )
             )
-        up, down = self._bytes(shared, slots)
-        return RoundOutcome(accumulator=acc, bytes_up=up, bytes_down=down)
+        acc, up = sink.finish()
+        return RoundOutcome(
+            accumulator=acc, bytes_up=up, bytes_down=self._download(shared, len(up))
+        )

@@ -38,7 +38,9 @@ from fedrec.federated.strategies import Strategy
 from fedrec.models.base import Recommender
 from fedrec.models.factory import build_model
 from fedrec.models.scoring import ModelScorer
+from fedrec.privacy.server import ServerPrivacy
 from fedrec.simulation.engines import BatchedEngine, EngineSettings, PrivateStore, SequentialEngine
+from fedrec.simulation.protected import Observer, make_server_privacy, make_sinks
 from fedrec.utils.atomic import atomic_open
 
 Params = dict[str, Tensor]
@@ -62,6 +64,9 @@ class FederatedResult:
     clients: int
     resumed_from: int | None = None
     timing: dict[str, float] = field(default_factory=dict)
+    privacy: dict[str, Any] | None = None
+    """What the run spent (epsilon and the numbers that recompute it), when DP or LDP is on."""
+    stop_reason: str = ""
 
 
 def make_partition(cfg: RunConfig, split: Split) -> Partition:
@@ -84,11 +89,13 @@ def local_settings(cfg: RunConfig) -> LocalSettings:
         epochs=loc.epochs,
         batch_size=loc.batch_size,
         lr=loc.lr,
+        dense_lr=loc.dense_lr,
         optimizer=loc.optimizer,
         negatives=loc.negatives,
         loss=cfg.train.loss,
         weight_decay=loc.weight_decay,
         prox_mu=loc.prox_mu,
+        pseudo_items=cfg.privacy.obfuscation.pseudo_items,
     )
 
 
@@ -138,9 +145,12 @@ class Simulation:
     strategy: Strategy
     selection: Selection
     state: ServerState
+    privacy: ServerPrivacy | None = None
 
 
-def build_simulation(cfg: RunConfig, split: Split, engine: str | None = None) -> Simulation:
+def build_simulation(
+    cfg: RunConfig, split: Split, engine: str | None = None, observer: Observer | None = None
+) -> Simulation:
     """Model, clients, engine and server state of ``cfg`` (``engine`` overrides the config)."""
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -156,10 +166,15 @@ def build_simulation(cfg: RunConfig, split: Split, engine: str | None = None) ->
     trainer = LocalTrainer(model, local_settings(cfg))
     settings = EngineSettings(seed=cfg.seed, weighting=fed.weighting, encoding=fed.encoding)
     kind = engine or fed.engine
+    privacy = make_server_privacy(cfg, partition.n_clients)
+    shared = {k: init[k] for k in layout.shared}
+    sinks = make_sinks(cfg, layout, shared, train.n_items, privacy, observer)
     runner: BatchedEngine | SequentialEngine = (
-        BatchedEngine(trainer, group, partition, store, settings, chunk_samples=fed.chunk_samples)
+        BatchedEngine(
+            trainer, group, partition, store, settings, chunk_samples=fed.chunk_samples, sinks=sinks
+        )
         if kind == "batched"
-        else SequentialEngine(trainer, group, partition, store, settings)
+        else SequentialEngine(trainer, group, partition, store, settings, sinks=sinks)
     )
     strategy = strategy_of(cfg)
     return Simulation(
@@ -172,7 +187,8 @@ def build_simulation(cfg: RunConfig, split: Split, engine: str | None = None) ->
         engine=runner,
         strategy=strategy,
         selection=selection_of(cfg),
-        state=ServerState.initial({k: init[k] for k in layout.shared}, strategy, cfg.seed),
+        state=ServerState.initial(shared, strategy, cfg.seed),
+        privacy=privacy,
     )
 
 
@@ -191,6 +207,8 @@ def train_federated(
     sim = build_simulation(cfg, split)
     model, store, engine, partition = sim.model, sim.store, sim.engine, sim.partition
     strategy, selection, state = sim.strategy, sim.selection, sim.state
+    privacy = sim.privacy
+    stop_reason = ""
     weights = sim.group.sizes.astype(np.float64) if fed.weighted_sampling else None
 
     scorer = ModelScorer(model)
@@ -216,6 +234,8 @@ def train_federated(
         store.tables = saved["private"]
         history, best, stale = saved["history"], saved["best"], saved["stale"]
         bytes_up, bytes_down = saved["bytes_up"], saved["bytes_down"]
+        if privacy is not None:
+            privacy.load_state_dict(saved["privacy"])
         resumed_from = state.round
         if on_resume is not None:
             on_resume(history)
@@ -231,6 +251,7 @@ def train_federated(
             "stale": stale,
             "bytes_up": bytes_up,
             "bytes_down": bytes_down,
+            "privacy": None if privacy is None else privacy.state_dict(),
         }
         with atomic_open(ckpt, "wb", encoding=None) as fh:
             torch.save(payload, fh)
@@ -238,6 +259,12 @@ def train_federated(
     eval_seconds = 0.0
     round_seconds: list[float] = []
     while state.round < fed.rounds:
+        if privacy is not None and privacy.budget_exhausted():
+            stop_reason = (
+                f"privacy budget spent: one more round would exceed epsilon "
+                f"{cfg.privacy.dp.target_epsilon} at delta {cfg.privacy.dp.delta}"
+            )
+            break
         state, report = run_round(
             state,
             strategy=strategy,
@@ -246,7 +273,10 @@ def train_federated(
             n_clients=partition.n_clients,
             per_row_items=fed.item_aggregation == "per-row",
             client_weights=weights,
+            finalizer=privacy,
         )
+        if privacy is not None:
+            report.extra.update(_privacy_record(privacy))
         round_seconds.append(report.seconds)
         bytes_up += report.bytes_up
         bytes_down += report.bytes_down
@@ -278,6 +308,8 @@ def train_federated(
                 stale += 1
                 record["best"] = False
             stop = fed.patience > 0 and stale >= fed.patience
+            if stop:
+                stop_reason = f"early stopping: {fed.patience} evaluations without improvement"
         history.append(record)
         if on_round is not None:
             on_round(record)
@@ -311,4 +343,12 @@ def train_federated(
         clients=partition.n_clients,
         resumed_from=resumed_from,
         timing={"eval": eval_seconds, "test_eval": time.perf_counter() - t0},
+        privacy=None if privacy is None else privacy.report(),
+        stop_reason=stop_reason or "all rounds run",
     )
+
+
+def _privacy_record(privacy: ServerPrivacy) -> dict[str, Any]:
+    """The per-round privacy fields of a metrics record."""
+    rep = privacy.report()
+    return {k: rep[k] for k in ("epsilon", "clip") if k in rep and rep[k] is not None}

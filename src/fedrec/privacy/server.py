@@ -1,0 +1,268 @@
+"""The server's side of user-level DP: noise on the sum, private per-row counts, adaptive
+clipping, accounting and the budget.
+
+The server only ever holds an :class:`~fedrec.federated.aggregate.Accumulator` of sums (from
+plain uploads, or unmasked by secure aggregation). Here that sum becomes the update the
+strategy applies:
+
+* central DP adds N(0, (z_Δ C)^2) to every entry of the sum (every item row, every per-row
+  count, every dense value: entries no client touched too), distributed DP finds the noise
+  already there (the clients' shares) and checks enough clients survived to carry it;
+* item rows are averaged over their *noisy* per-row count, and rows whose noisy count is under
+  ``min_count`` are left unchanged (post-processing of the noised sum: still private);
+* dense tensors are divided by the *expected* number of clients, not the realised one (which
+  is not private under Poisson sampling);
+* the accountant (dp-accounting) is stepped once per released aggregate, with the total z
+  (adaptive clipping splits it between the updates and the clip count).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from fedrec.federated import rng
+from fedrec.federated.aggregate import Accumulator
+from fedrec.federated.server import RoundAbortedError
+from fedrec.privacy.accounting import PrivacyAccountant, calibrate_noise
+from fedrec.privacy.dp import (
+    AdaptiveClip,
+    TooFewSurvivorsError,
+    adaptive_update_noise_multiplier,
+    check_survivors,
+    distributed_noise_std,
+)
+from fedrec.privacy.ldp import LocalDP
+from fedrec.privacy.upload import ClientProtection
+
+DP_NOISE = 11
+"""rng stream tag of the server's central noise."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How clients are sampled, as the accountant needs it."""
+
+    kind: Literal["poisson", "fixed"]
+    population: int
+    rate: float
+    sample_size: int | None = None
+
+    @property
+    def expected_clients(self) -> float:
+        return self.rate * self.population if self.sample_size is None else self.sample_size
+
+    @staticmethod
+    def of(sampling: str, population: int, *, fraction: float, count: int, rate: float) -> Sampling:
+        if sampling == "all":
+            return Sampling("poisson", population, 1.0)
+        if sampling == "poisson":
+            return Sampling("poisson", population, rate)
+        size = (
+            min(count, population) if sampling == "count" else max(1, round(fraction * population))
+        )
+        return Sampling("fixed", population, size / population, size)
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    clip: float
+    noise_multiplier: float | None
+    """None: calibrated from ``target_epsilon`` over the run's rounds."""
+    delta: float
+    distributed: bool
+    accountant: Literal["rdp", "pld"]
+    target_epsilon: float | None
+    count_scale: float
+    min_count: float
+    adaptive: bool
+    target_quantile: float
+    clip_lr: float
+    clip_count_stddev: float | None
+    dropout_allowance: float
+    """Distributed DP: fraction of the expected clients that may drop before the round aborts."""
+
+
+class ServerPrivacy:
+    """Per-run DP state on the server: accountant, clip, and what clients must do each round."""
+
+    def __init__(
+        self,
+        dp: DPSettings | None,
+        sampling: Sampling,
+        *,
+        ldp: LocalDP | None = None,
+        seed: int = 0,
+        rounds: int = 1,
+    ) -> None:
+        self.dp = dp
+        self.ldp = ldp
+        self.sampling = sampling
+        self.seed = seed
+        self.participation = torch.zeros(sampling.population, dtype=torch.int32)
+        self.accountant: PrivacyAccountant | None = None
+        self.adaptive: AdaptiveClip | None = None
+        self.noise_multiplier = 0.0
+        if dp is None:
+            return
+        if dp.noise_multiplier is None:
+            assert dp.target_epsilon is not None
+            self.noise_multiplier = calibrate_noise(
+                dp.target_epsilon,
+                dp.delta,
+                rounds,
+                sampling.rate,
+                sampling.kind,
+                dp.accountant,
+                population=sampling.population if sampling.kind == "fixed" else None,
+                sample_size=sampling.sample_size,
+            )
+        else:
+            self.noise_multiplier = dp.noise_multiplier
+        self.accountant = PrivacyAccountant(
+            self.noise_multiplier,
+            None if sampling.kind == "fixed" else sampling.rate,
+            sampling.kind,
+            dp.accountant,
+            population=sampling.population if sampling.kind == "fixed" else None,
+            sample_size=sampling.sample_size,
+        )
+        if dp.adaptive:
+            expected = sampling.expected_clients
+            self.adaptive = AdaptiveClip(
+                dp.clip,
+                dp.target_quantile,
+                dp.clip_lr,
+                dp.clip_count_stddev or expected / 20.0,
+                expected,
+            )
+
+    # ------------------------------------------------------------------ per round
+    @property
+    def clip(self) -> float | None:
+        if self.dp is None:
+            return None
+        return self.adaptive.clip if self.adaptive is not None else self.dp.clip
+
+    @property
+    def update_noise_multiplier(self) -> float:
+        """z_Δ: the share of the total z spent on the update sum."""
+        if self.adaptive is not None:
+            return self.adaptive.update_noise_multiplier(self.noise_multiplier)
+        return self.noise_multiplier
+
+    def min_survivors(self) -> int:
+        assert self.dp is not None
+        return max(1, math.floor(self.sampling.expected_clients * (1 - self.dp.dropout_allowance)))
+
+    def client_protection(self) -> ClientProtection:
+        """What each client of the coming round must do to its upload."""
+        if self.dp is None:
+            return ClientProtection(ldp=self.ldp)
+        clip = self.clip
+        assert clip is not None
+        if not self.dp.distributed:
+            return ClientProtection(clip=clip)
+        m = self.min_survivors()
+        count_std = 0.0
+        if self.adaptive is not None:
+            count_std = self.adaptive.count_noise_std / math.sqrt(m)
+        return ClientProtection(
+            clip=clip,
+            noise_std=distributed_noise_std(self.update_noise_multiplier, clip, m),
+            count_noise_std=count_std,
+        )
+
+    def budget_exhausted(self) -> bool:
+        """True when one more round would spend more than the target epsilon."""
+        if self.dp is None or self.dp.target_epsilon is None or self.accountant is None:
+            return False
+        return self.accountant.would_exceed(self.dp.target_epsilon, self.dp.delta)
+
+    def finalize(self, acc: Accumulator, round_: int, participants: Any) -> Accumulator:
+        """Noise (central DP), threshold the per-row counts, fix the denominator, account."""
+        self.participation[torch.as_tensor(participants, dtype=torch.long)] += 1
+        if self.dp is None:
+            return acc
+        dp = self.dp
+        clip = self.clip
+        assert clip is not None and self.accountant is not None
+        if dp.distributed:
+            try:
+                check_survivors(acc.clients, self.min_survivors())
+            except TooFewSurvivorsError as err:
+                raise RoundAbortedError(str(err)) from err
+        else:
+            gen = torch.Generator().manual_seed(int(rng.hash64(self.seed, round_, DP_NOISE)))
+            std = self.update_noise_multiplier * clip
+            for name in sorted(acc.item_sum):
+                acc.item_sum[name] += std * torch.randn(acc.item_sum[name].shape, generator=gen)
+            acc.item_weight += (std / dp.count_scale) * torch.randn(
+                acc.item_weight.shape, generator=gen
+            )
+            for name in sorted(acc.dense_sum):
+                acc.dense_sum[name] += std * torch.randn(acc.dense_sum[name].shape, generator=gen)
+            if self.adaptive is not None:
+                acc.below_centred += self.adaptive.count_noise_std * float(
+                    torch.randn((), generator=gen, dtype=torch.float64)
+                )
+        acc.item_weight = torch.where(
+            acc.item_weight >= dp.min_count, acc.item_weight, torch.zeros_like(acc.item_weight)
+        )
+        acc.weight_total = torch.tensor(self.sampling.expected_clients, dtype=torch.float64)
+        if self.adaptive is not None:
+            self.adaptive.update_from_noisy_count(acc.below_centred)
+        self.accountant.step(1)
+        return acc
+
+    # ------------------------------------------------------------------ reporting
+    def report(self) -> dict[str, Any]:
+        """What a round record and the run summary say about privacy so far."""
+        out: dict[str, Any] = {}
+        if self.dp is not None and self.accountant is not None:
+            out.update(self.accountant.describe(self.dp.delta))
+            out["mechanism"] = "dp-distributed" if self.dp.distributed else "dp-central"
+            out["clip"] = self.clip
+            out["update_noise_multiplier"] = self.update_noise_multiplier
+            if self.dp.target_epsilon is not None:
+                out["target_epsilon"] = self.dp.target_epsilon
+        if self.ldp is not None:
+            most = int(self.participation.max()) if len(self.participation) else 0
+            out.update(
+                {
+                    "mechanism": "ldp",
+                    "ldp_mechanism": self.ldp.mechanism,
+                    "epsilon_per_round": self.ldp.epsilon_per_round,
+                    "delta_per_round": self.ldp.delta_per_round,
+                    "max_client_rounds": most,
+                    "delta": 1e-5 if self.ldp.mechanism == "gaussian" else 0.0,
+                }
+            )
+            out["epsilon"] = self.ldp.composed_epsilon(most, out["delta"]) if most else 0.0
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "accountant": None if self.accountant is None else self.accountant.to_dict(),
+            "adaptive": None if self.adaptive is None else self.adaptive.to_dict(),
+            "participation": self.participation.clone(),
+            "noise_multiplier": self.noise_multiplier,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["accountant"] is not None:
+            self.accountant = PrivacyAccountant.from_dict(state["accountant"])
+        if state["adaptive"] is not None:
+            self.adaptive = AdaptiveClip.from_dict(state["adaptive"])
+        self.participation = state["participation"].clone()
+        self.noise_multiplier = float(state["noise_multiplier"])
+
+
+def dp_update_noise(noise_multiplier: float, count_noise_std: float | None) -> float:
+    """z_Δ for a given total z (re-exported for reports)."""
+    if count_noise_std is None:
+        return noise_multiplier
+    return adaptive_update_noise_multiplier(noise_multiplier, count_noise_std)

@@ -1,0 +1,201 @@
+"""A protected upload: one fixed-shape vector, and what a client does to it before it leaves.
+
+Plain uploads are sparse (the rows a client touched, with their ids), which tells the server
+which items the client interacted with. Protected uploads are *vectors over the whole item
+table*, whatever the client touched, laid out as::
+
+    [ item rows (n_items x row width) | per-row counts (n_items) | dense tensors | 1 | b - 1/2 ]
+
+* per-row counts: ``count_scale`` for every row the client trained (scaled with the rows when
+  clipped), so the server can average each row over the clients that trained it, from the
+  same protected sum (and, under DP, from a noised count);
+* ``1``: the client itself, so a secure sum also counts its participants;
+* ``b - 1/2``: adaptive clipping's centred "my norm was under the clip" bit (Andrew et al.).
+
+The client-side steps (:class:`ClientProtection`) are the same code in simulation and in a
+deployment: clip to the DP bound (user-level DP), then local DP noise or this client's share
+of distributed DP noise. Everything runs in float64 so clipping and noise are exact enough for
+the quantisation of secure aggregation that follows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fedrec.federated.layout import ParamLayout
+from fedrec.privacy.ldp import LocalDP
+
+Params = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A sum of upload vectors, cut back into its parts."""
+
+    item_sum: Params
+    counts: Tensor
+    """Per-row sum of the count entries, divided by ``count_scale`` (so: clients per row)."""
+    dense_sum: Params
+    clients: float
+    below_centred: float
+
+
+@dataclass(frozen=True)
+class UploadVector:
+    """Where each part of a protected upload sits in its vector."""
+
+    item_names: tuple[str, ...]
+    item_row_shapes: tuple[tuple[int, ...], ...]
+    frozen_items: tuple[tuple[str, tuple[int, ...]], ...]
+    n_items: int
+    dense_names: tuple[str, ...]
+    dense_shapes: tuple[tuple[int, ...], ...]
+    count_scale: float
+
+    @staticmethod
+    def of(layout: ParamLayout, shared: Params, n_items: int, count_scale: float) -> UploadVector:
+        if not (math.isfinite(count_scale) and count_scale > 0):
+            raise ValueError(f"count_scale must be > 0, got {count_scale}")
+        items = layout.trained(layout.item_rows)
+        dense = layout.trained(layout.dense)
+        frozen = tuple((n, tuple(shared[n].shape)) for n in layout.item_rows if n in layout.frozen)
+        return UploadVector(
+            item_names=items,
+            item_row_shapes=tuple(tuple(shared[n].shape[1:]) for n in items),
+            frozen_items=frozen,
+            n_items=n_items,
+            dense_names=dense,
+            dense_shapes=tuple(tuple(shared[n].shape) for n in dense),
+            count_scale=float(count_scale),
+        )
+
+    @property
+    def row_width(self) -> int:
+        return sum(math.prod(s) for s in self.item_row_shapes)
+
+    @property
+    def dense_size(self) -> int:
+        return sum(math.prod(s) for s in self.dense_shapes)
+
+    @property
+    def payload_dim(self) -> int:
+        """Entries covered by clipping and noise: rows, counts and dense tensors."""
+        return self.n_items * self.row_width + self.n_items + self.dense_size
+
+    @property
+    def dim(self) -> int:
+        return self.payload_dim + 2
+
+    def payload_norm(self, rows: Params, dense: Params) -> float:
+        """L2 norm of a client's payload from its sparse parts (rows: one per touched item)."""
+        sq = 0.0
+        k = 0
+        for n in self.item_names:
+            r = rows[n].to(torch.float64)
+            k = int(r.shape[0])
+            sq += float(r.pow(2).sum())
+        sq += k * self.count_scale**2
+        for n in self.dense_names:
+            sq += float(dense[n].to(torch.float64).pow(2).sum())
+        return math.sqrt(sq)
+
+    def build(
+        self,
+        item_ids: Tensor,
+        rows: Params,
+        dense: Params,
+        *,
+        scale: float = 1.0,
+        below: float = 0.0,
+    ) -> Tensor:
+        """One client's vector: its rows put in place (zeros elsewhere), all scaled by ``scale``."""
+        w = self.row_width
+        out = torch.zeros(self.dim, dtype=torch.float64)
+        table = out[: self.n_items * w].view(self.n_items, w)
+        if self.item_names:
+            parts = [rows[n].to(torch.float64).reshape(len(item_ids), -1) for n in self.item_names]
+            table[item_ids] = torch.cat(parts, dim=1) * scale
+        counts = out[self.n_items * w : self.n_items * (w + 1)]
+        counts[item_ids] = self.count_scale * scale
+        start = self.n_items * (w + 1)
+        for n, shape in zip(self.dense_names, self.dense_shapes, strict=True):
+            size = math.prod(shape)
+            out[start : start + size] = dense[n].to(torch.float64).reshape(-1) * scale
+            start += size
+        out[self.payload_dim] = 1.0
+        out[self.payload_dim + 1] = below
+        return out
+
+    def split(self, total: Tensor | np.ndarray) -> Decoded:
+        t = torch.as_tensor(total, dtype=torch.float64)
+        if t.shape != (self.dim,):
+            raise ValueError(f"expected a vector of {self.dim} entries, got shape {tuple(t.shape)}")
+        w = self.row_width
+        table = t[: self.n_items * w].view(self.n_items, w)
+        item_sum: Params = {}
+        col = 0
+        for n, shape in zip(self.item_names, self.item_row_shapes, strict=True):
+            size = math.prod(shape)
+            item_sum[n] = table[:, col : col + size].reshape(self.n_items, *shape).float()
+            col += size
+        for n, shape in self.frozen_items:
+            item_sum[n] = torch.zeros(shape)
+        counts = (t[self.n_items * w : self.n_items * (w + 1)] / self.count_scale).float()
+        dense_sum: Params = {}
+        start = self.n_items * (w + 1)
+        for n, shape in zip(self.dense_names, self.dense_shapes, strict=True):
+            size = math.prod(shape)
+            dense_sum[n] = t[start : start + size].reshape(shape).float()
+            start += size
+        return Decoded(
+            item_sum=item_sum,
+            counts=counts,
+            dense_sum=dense_sum,
+            clients=float(t[self.payload_dim]),
+            below_centred=float(t[self.payload_dim + 1]),
+        )
+
+
+@dataclass(frozen=True)
+class ClientProtection:
+    """What every client does to its upload this round, before it leaves the device.
+
+    ``clip``: user-level DP bound on the payload's L2 norm (None: no clipping). ``ldp``: local
+    DP (clips with its own bound and adds this client's noise). ``noise_std`` and
+    ``count_noise_std``: this client's share of distributed DP noise on the payload and on the
+    adaptive-clipping bit.
+    """
+
+    clip: float | None = None
+    ldp: LocalDP | None = None
+    noise_std: float = 0.0
+    count_noise_std: float = 0.0
+
+    def scale(self, norm: float) -> float:
+        """Factor that brings a payload of this norm within the clip."""
+        if self.clip is None or norm <= self.clip:
+            return 1.0
+        return self.clip / norm
+
+    def below(self, norm: float) -> float:
+        """The centred adaptive-clipping bit b - 1/2."""
+        return 0.0 if self.clip is None else (0.5 if norm <= self.clip else -0.5)
+
+    def noise(self, vector: Tensor, payload_dim: int, generator: torch.Generator) -> Tensor:
+        """Local DP or a distributed-DP share, added in place to ``vector``; returns it."""
+        if self.ldp is not None:
+            vector[:payload_dim] = self.ldp.apply(vector[None, :payload_dim], generator)[0]
+        if self.noise_std > 0:
+            vector[:payload_dim] += self.noise_std * torch.randn(
+                payload_dim, generator=generator, dtype=torch.float64
+            )
+        if self.count_noise_std > 0:
+            vector[payload_dim + 1] += self.count_noise_std * float(
+                torch.randn((), generator=generator, dtype=torch.float64)
+            )
+        return vector
