@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedrec.config import load_config
+from fedrec.config import RunConfig, load_config
 from fedrec.experiment.outputs import RunDirectory
 from fedrec.experiment.pipeline import run_experiment
 from fedrec.report.machine import describe_machine, machine_markdown
-from fedrec.utils.atomic import atomic_write_text
+from fedrec.report.results import merge_rows, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,17 +69,34 @@ ENTRIES = [
 QUICK = ["ml-100k-fedmf"]
 
 
-def _run(config: str, overrides: list[str], out: Path) -> dict[str, Any]:
+def _same_run(cfg: RunConfig, out: Path) -> dict[str, Any] | None:
+    """A finished run in ``out`` made from the same resolved configuration (threads aside,
+    which change speed, not results), so an interrupted benchmark resumes where it was."""
+    summary, saved = out / "summary.json", out / "config.toml"
+    if not (summary.exists() and saved.exists()):
+        return None
+    mine = cfg.model_dump(exclude={"threads"})
+    theirs = load_config(saved).model_dump(exclude={"threads"})
+    if mine != theirs:
+        return None
+    data: dict[str, Any] = json.loads(summary.read_text())
+    return data
+
+
+def _run(config: str, overrides: list[str], out: Path, reuse: bool) -> dict[str, Any]:
     cfg = load_config(ROOT / "configs" / f"{config}.toml", overrides)
+    if reuse and (done := _same_run(cfg, out)) is not None:
+        done.setdefault("wall_s", done.get("seconds", 0.0))
+        return done
     start = time.perf_counter()
     summary = run_experiment(cfg, RunDirectory(out, overwrite=True))
     summary["wall_s"] = time.perf_counter() - start
     return summary
 
 
-def run_entry(e: Entry, runs: Path) -> dict[str, Any]:
-    fed = _run(e.federated, [], runs / e.name / "federated")
-    central = _run(e.central, list(e.central_overrides), runs / e.name / "central")
+def run_entry(e: Entry, runs: Path, reuse: bool) -> dict[str, Any]:
+    fed = _run(e.federated, [], runs / e.name / "federated", reuse)
+    central = _run(e.central, list(e.central_overrides), runs / e.name / "central", reuse)
     hr_f, hr_c = fed["test"]["HR@10"], central["test"]["HR@10"]
     return {
         "name": e.name,
@@ -137,24 +154,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help=f"only {QUICK}")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench-accuracy")
+    ap.add_argument(
+        "--fresh",
+        action="store_true",
+        help="rerun even when --runs holds a finished run of the same configuration",
+    )
     args = ap.parse_args(argv)
     names = args.only or (QUICK if args.quick else [e.name for e in ENTRIES])
     command = shlex.join(["python", "benchmarks/federated_accuracy.py", *sys.argv[1:]])
-    rows = [{**run_entry(e, args.runs), "command": command} for e in ENTRIES if e.name in names]
+    rows = [
+        {**run_entry(e, args.runs, not args.fresh), "command": command}
+        for e in ENTRIES
+        if e.name in names
+    ]
     m = describe_machine()
     # Merge with earlier entries so one table holds every measured setting.
-    path = args.out / "federated_accuracy.json"
-    previous = json.loads(path.read_text())["rows"] if path.exists() else []
-    merged = {r["name"]: r for r in previous}
-    merged.update({r["name"]: r for r in rows})
-    order = [e.name for e in ENTRIES if e.name in merged]
-    all_rows = [merged[n] for n in order]
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        path, json.dumps({"rows": all_rows, "machine": m, "command": command}, indent=2) + "\n"
+    all_rows = merge_rows(
+        args.out / "federated_accuracy.json",
+        rows,
+        key=lambda r: r["name"],
+        order=[e.name for e in ENTRIES],
     )
     md = markdown(all_rows, command, m)
-    atomic_write_text(args.out / "federated_accuracy.md", md)
+    write_results(args.out, "federated_accuracy", {"rows": all_rows, "command": command}, md, m)
     print(md)
     print(json.dumps({r["name"]: round(r["ratio_hr10"], 4) for r in all_rows}))
     return 0

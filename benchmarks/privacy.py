@@ -30,7 +30,7 @@ from fedrec.experiment.audit import audit_run
 from fedrec.experiment.outputs import RunDirectory
 from fedrec.experiment.pipeline import run_experiment
 from fedrec.report.machine import describe_machine, machine_markdown
-from fedrec.utils.atomic import atomic_write_text
+from fedrec.report.results import merge_rows, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = {"ml-100k": "ml-100k-fedmf", "ml-1m": "ml-1m-fedmf"}
@@ -168,16 +168,15 @@ def main(argv: list[str] | None = None) -> int:
         if names is None or s.name in names
     ]
     m = describe_machine()
-    path = args.out / ("privacy-quick.json" if args.quick else "privacy.json")
-    previous = json.loads(path.read_text())["rows"] if path.exists() else []
-    merged = {(r["data"], r["setting"]): r for r in previous}
-    merged.update({(r["data"], r["setting"]): r for r in rows})
-    order = [(d, s.name) for d in BASE for s in SETTINGS]
-    all_rows = [merged[k] for k in order if k in merged]
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"rows": all_rows, "machine": m}, indent=2) + "\n")
+    stem = "privacy-quick" if args.quick else "privacy"
+    all_rows = merge_rows(
+        args.out / f"{stem}.json",
+        rows,
+        key=lambda r: (r["data"], r["setting"]),
+        order=[(d, s.name) for d in BASE for s in SETTINGS],
+    )
     md = markdown(all_rows, command, m)
-    atomic_write_text(path.with_suffix(".md"), md)
+    write_results(args.out, stem, {"rows": all_rows}, md, m)
     print(md)
     keys = ("HR@10", "NDCG@10", "attack_auc", "epsilon", "round_s", "bytes_up_per_client")
     by_data: dict[str, dict[str, Any]] = {}

@@ -28,8 +28,8 @@ from fedrec.config import RunConfig
 from fedrec.data.table import Holdout, Interactions, Split
 from fedrec.federated.server import run_round
 from fedrec.report.machine import describe_machine, machine_markdown
+from fedrec.report.results import write_results
 from fedrec.simulation.training import build_simulation
-from fedrec.utils.atomic import atomic_write_text
 
 
 def synthetic(n_users: int, n_items: int, mean_items: int, seed: int) -> Split:
@@ -145,11 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "command": command,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        args.out / "scale.json", json.dumps({**result, "machine": m}, indent=2) + "\n"
-    )
-    atomic_write_text(args.out / "scale.md", md)
+    write_results(args.out, "scale", result, md, m)
     print(md)
     print(json.dumps(result))
     return 0

@@ -26,9 +26,9 @@ from fedrec.config import RunConfig
 from fedrec.experiment.pipeline import prepare
 from fedrec.federated.server import run_round
 from fedrec.report.machine import describe_machine, machine_markdown
+from fedrec.report.results import write_results
 from fedrec.simulation.training import build_simulation
 from fedrec.training.centralized import train_centralized
-from fedrec.utils.atomic import atomic_write_text
 
 
 def config(data: str, model: str, batch_size: int) -> RunConfig:
@@ -150,11 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "command": command,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        args.out / "speed.json", json.dumps({**result, "machine": m}, indent=2) + "\n"
-    )
-    atomic_write_text(args.out / "speed.md", md)
+    write_results(args.out, "speed", result, md, m)
     print(md)
     print(json.dumps(result))
     return 0

@@ -113,3 +113,32 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
 def test_cross_silo_partition_by_random_silos() -> None:
     result = train_federated(_cfg(partition="random", silos=6, rounds=4), _split())
     assert result.clients == 6
+
+
+def test_killed_dp_run_resumes_with_its_accountant_and_clip(tmp_path: Path) -> None:
+    split = _split()
+    raw = _cfg(sampling="poisson", rate=0.5, weighting="uniform").model_dump()
+    raw["privacy"] = {
+        "dp": {"enabled": True, "noise_multiplier": 0.8, "adaptive_clip": True},
+        "obfuscation": {"pseudo_items": 2},
+    }
+    cfg = RunConfig.model_validate(raw)
+    straight = train_federated(cfg, split, checkpoint_dir=tmp_path / "a")
+
+    class KilledError(Exception):
+        pass
+
+    def kill(record: dict[str, Any]) -> None:
+        if record["round"] == 7:
+            raise KilledError
+
+    with pytest.raises(KilledError):
+        train_federated(cfg, split, checkpoint_dir=tmp_path / "b", on_round=kill)
+    resumed = train_federated(cfg, split, checkpoint_dir=tmp_path / "b", resume=True)
+    assert resumed.resumed_from == 6
+    a = dict(straight.model.named_parameters())
+    for name, p in resumed.model.named_parameters():
+        assert torch.equal(p, a[name]), name
+    assert straight.privacy is not None and resumed.privacy == straight.privacy
+    clips = [r["clip"] for r in straight.history]
+    assert len(set(clips)) > 1  # the adaptive clip really moved, and was restored

@@ -149,9 +149,7 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Run one configuration end to end and write its run directory; returns the summary."""
     start = time.perf_counter()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    out.write_config(cfg)
+    out.write_config(cfg)  # threads are set by the training entry points themselves
     prepared = prepare(cfg)
 
     def _log(record: dict[str, Any]) -> None:
