@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedrec.config import RunConfig, load_config
-from fedrec.experiment.outputs import RunDirectory
+from fedrec.config import load_config
+from fedrec.experiment.outputs import RunDirectory, finished_run
 from fedrec.experiment.pipeline import run_experiment
 from fedrec.report.machine import describe_machine, machine_markdown
 from fedrec.report.results import merge_rows, write_results
@@ -69,23 +69,12 @@ ENTRIES = [
 QUICK = ["ml-100k-fedmf"]
 
 
-def _same_run(cfg: RunConfig, out: Path) -> dict[str, Any] | None:
-    """A finished run in ``out`` made from the same resolved configuration (threads aside,
-    which change speed, not results), so an interrupted benchmark resumes where it was."""
-    summary, saved = out / "summary.json", out / "config.toml"
-    if not (summary.exists() and saved.exists()):
-        return None
-    mine = cfg.model_dump(exclude={"threads"})
-    theirs = load_config(saved).model_dump(exclude={"threads"})
-    if mine != theirs:
-        return None
-    data: dict[str, Any] = json.loads(summary.read_text())
-    return data
-
-
-def _run(config: str, overrides: list[str], out: Path, reuse: bool) -> dict[str, Any]:
-    cfg = load_config(ROOT / "configs" / f"{config}.toml", overrides)
-    if reuse and (done := _same_run(cfg, out)) is not None:
+def _run(
+    config: str, overrides: list[str], out: Path, reuse: bool, threads: int | None
+) -> dict[str, Any]:
+    extra = [] if threads is None else [f"threads={threads}"]
+    cfg = load_config(ROOT / "configs" / f"{config}.toml", overrides + extra)
+    if reuse and (done := finished_run(cfg, out)) is not None:
         done.setdefault("wall_s", done.get("seconds", 0.0))
         return done
     start = time.perf_counter()
@@ -94,9 +83,9 @@ def _run(config: str, overrides: list[str], out: Path, reuse: bool) -> dict[str,
     return summary
 
 
-def run_entry(e: Entry, runs: Path, reuse: bool) -> dict[str, Any]:
-    fed = _run(e.federated, [], runs / e.name / "federated", reuse)
-    central = _run(e.central, list(e.central_overrides), runs / e.name / "central", reuse)
+def run_entry(e: Entry, runs: Path, reuse: bool, threads: int | None) -> dict[str, Any]:
+    fed = _run(e.federated, [], runs / e.name / "federated", reuse, threads)
+    central = _run(e.central, list(e.central_overrides), runs / e.name / "central", reuse, threads)
     hr_f, hr_c = fed["test"]["HR@10"], central["test"]["HR@10"]
     return {
         "name": e.name,
@@ -154,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help=f"only {QUICK}")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench-accuracy")
+    ap.add_argument("--threads", type=int, help="torch threads per run (default: the config's)")
     ap.add_argument(
         "--fresh",
         action="store_true",
@@ -163,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     names = args.only or (QUICK if args.quick else [e.name for e in ENTRIES])
     command = shlex.join(["python", "benchmarks/federated_accuracy.py", *sys.argv[1:]])
     rows = [
-        {**run_entry(e, args.runs, not args.fresh), "command": command}
+        {**run_entry(e, args.runs, not args.fresh, args.threads), "command": command}
         for e in ENTRIES
         if e.name in names
     ]

@@ -27,14 +27,16 @@ from typing import Any
 
 from fedrec.config import load_config
 from fedrec.experiment.audit import audit_run
-from fedrec.experiment.outputs import RunDirectory
+from fedrec.experiment.outputs import RunDirectory, finished_run
 from fedrec.experiment.pipeline import run_experiment
 from fedrec.report.machine import describe_machine, machine_markdown
 from fedrec.report.results import merge_rows, write_results
+from fedrec.utils.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = {"ml-100k": "ml-100k-fedmf", "ml-1m": "ml-1m-fedmf"}
 DELTA = 1e-6
+AUDIT = "audit.json"
 
 
 @dataclass(frozen=True)
@@ -76,16 +78,32 @@ SETTINGS = [
 QUICK = ["none", "secagg", "secagg_dp_eps8"]
 
 
-def run_setting(data: str, s: Setting, rounds: int | None, runs: Path) -> dict[str, Any]:
+def run_setting(
+    data: str,
+    s: Setting,
+    rounds: int | None,
+    runs: Path,
+    threads: int | None = None,
+    reuse: bool = True,
+) -> dict[str, Any]:
     overrides = ['federated.weighting="uniform"', "federated.checkpoint_every=1", *s.overrides]
+    if threads is not None:
+        overrides.append(f"threads={threads}")
     if rounds is not None:
         overrides.append(f"federated.rounds={rounds}")
     cfg = load_config(ROOT / "configs" / f"{BASE[data]}.toml", overrides)
     out = runs / data / s.name
     start = time.perf_counter()
-    summary = run_experiment(cfg, RunDirectory(out, overwrite=True))
+    summary = finished_run(cfg, out) if reuse else None
+    if summary is None:
+        summary = run_experiment(cfg, RunDirectory(out, overwrite=True))
+        (out / AUDIT).unlink(missing_ok=True)
     wall = time.perf_counter() - start
-    audit = audit_run(out, clients=300)
+    if (out / AUDIT).exists():
+        audit = json.loads((out / AUDIT).read_text())
+    else:
+        audit = audit_run(out, clients=300)
+        atomic_write_text(out / AUDIT, json.dumps(audit, indent=2) + "\n")
     inf = audit["item_inference"]
     privacy = summary.get("privacy") or {}
     return {
@@ -156,13 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help=f"ML-100K, {QUICK}, 5 rounds")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench-privacy")
+    ap.add_argument("--threads", type=int, help="torch threads per run (default: the config's)")
+    ap.add_argument("--fresh", action="store_true", help="retrain even a finished same run")
     args = ap.parse_args(argv)
     data = ["ml-100k"] if args.quick else args.data
     names = QUICK if args.quick and not args.only else args.only
     rounds = 5 if args.quick and args.rounds is None else args.rounds
     command = shlex.join(["python", "benchmarks/privacy.py", *sys.argv[1:]])
     rows = [
-        {**run_setting(d, s, rounds, args.runs), "command": command}
+        {**run_setting(d, s, rounds, args.runs, args.threads, not args.fresh), "command": command}
         for d in data
         for s in SETTINGS
         if names is None or s.name in names

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fedrec.config import RunConfig, load_config
-from fedrec.experiment.outputs import RunDirectory, RunDirectoryError
+from fedrec.experiment.outputs import RunDirectory, RunDirectoryError, finished_run
 from fedrec.utils.atomic import atomic_open, atomic_write_text
 
 
@@ -48,3 +48,15 @@ def test_atomic_write_keeps_old_content_on_failure(tmp_path: Path) -> None:
         raise RuntimeError("crash mid-write")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]  # no temp file left behind
+
+
+def test_finished_run_matches_the_resolved_config_but_not_threads(tmp_path: Path) -> None:
+    cfg = RunConfig.model_validate({"seed": 3, "threads": 2})
+    out = RunDirectory(tmp_path / "run")
+    assert finished_run(cfg, out.path) is None  # nothing finished yet
+    out.write_config(cfg)
+    out.write_summary({"test": {"HR@10": 0.5}})
+    assert finished_run(cfg.model_copy(update={"threads": 1}), out.path) == {
+        "test": {"HR@10": 0.5}
+    }
+    assert finished_run(cfg.model_copy(update={"seed": 4}), out.path) is None

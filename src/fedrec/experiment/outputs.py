@@ -77,3 +77,18 @@ class RunDirectory:
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         return self.write_json("summary.json", summary)
+
+
+def finished_run(cfg: RunConfig, path: Path) -> dict[str, Any] | None:
+    """The summary of a finished run in ``path`` made from the same resolved configuration
+    (``threads`` aside: it changes speed, not results), else None. Benchmarks use it to
+    resume where an interrupted invocation stopped instead of retraining."""
+    summary, saved = path / "summary.json", path / "config.toml"
+    if not (summary.exists() and saved.exists()):
+        return None
+    from fedrec.config import load_config
+
+    if cfg.model_dump(exclude={"threads"}) != load_config(saved).model_dump(exclude={"threads"}):
+        return None
+    data: dict[str, Any] = json.loads(summary.read_text())
+    return data
