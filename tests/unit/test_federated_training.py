@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,11 @@ def test_killed_dp_run_resumes_with_its_accountant_and_clip(tmp_path: Path) -> N
     assert straight.privacy is not None and resumed.privacy == straight.privacy
     clips = [r["clip"] for r in straight.history]
     assert len(set(clips)) > 1  # the adaptive clip really moved, and was restored
+
+
+def test_a_diverging_run_stops_and_keeps_its_best_validated_round() -> None:
+    cfg = _cfg(rounds=12, eval_every=1, local={"epochs": 1, "batch_size": 4, "lr": 60.0})
+    result = train_federated(cfg, _split())
+    assert result.stop_reason.startswith("diverged")
+    assert result.rounds_run < 12 and 1 <= result.best_round < result.rounds_run
+    assert all(math.isfinite(v) for v in result.test_metrics.values())

@@ -277,6 +277,14 @@ def train_federated(
         )
         if privacy is not None:
             report.extra.update(_privacy_record(privacy))
+        if not all(bool(torch.isfinite(v).all()) for v in state.shared.values()):
+            # Diverged: no later round can be selected, and evaluating it would fail; the
+            # best round chosen on validation so far is what the run reports.
+            stop_reason = f"diverged: non-finite shared parameters after round {state.round}"
+            history.append(report.as_dict())
+            if on_round is not None:
+                on_round(history[-1])
+            break
         round_seconds.append(report.seconds)
         bytes_up += report.bytes_up
         bytes_down += report.bytes_down
