@@ -56,7 +56,5 @@ def test_finished_run_matches_the_resolved_config_but_not_threads(tmp_path: Path
     assert finished_run(cfg, out.path) is None  # nothing finished yet
     out.write_config(cfg)
     out.write_summary({"test": {"HR@10": 0.5}})
-    assert finished_run(cfg.model_copy(update={"threads": 1}), out.path) == {
-        "test": {"HR@10": 0.5}
-    }
+    assert finished_run(cfg.model_copy(update={"threads": 1}), out.path) == {"test": {"HR@10": 0.5}}
     assert finished_run(cfg.model_copy(update={"seed": 4}), out.path) is None
