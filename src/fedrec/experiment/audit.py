@@ -70,10 +70,6 @@ class _Recorder:
         self.sums.append(obs)
 
 
-def _vector_tables(vector: UploadVector, v: torch.Tensor) -> dict[str, torch.Tensor]:
-    return dict(vector.split(v).item_sum)
-
-
 def item_inference(
     rec: _Recorder, truth: dict[int, IntArray], n_items: int, vector: UploadVector | None
 ) -> tuple[dict[str, Any], str]:
@@ -100,7 +96,7 @@ def item_inference(
         else:
             assert o.vector is not None and vector is not None
             view = "dense vector per client"
-            rows, bias = _row_and_bias(_vector_tables(vector, o.vector.to(torch.float64)))
+            rows, bias = _row_and_bias(dict(vector.split(o.vector.to(torch.float64)).item_sum))
             ids = None
         scored.append((o.client, item_inference_scores(n_items, ids, rows, bias)))
     scored = [(c, sc) for c, sc in scored if len(truth.get(c, ()))]

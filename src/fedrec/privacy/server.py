@@ -31,7 +31,6 @@ from fedrec.privacy.accounting import PrivacyAccountant, calibrate_noise
 from fedrec.privacy.dp import (
     AdaptiveClip,
     TooFewSurvivorsError,
-    adaptive_update_noise_multiplier,
     check_survivors,
     distributed_noise_std,
 )
@@ -259,10 +258,3 @@ class ServerPrivacy:
             self.adaptive = AdaptiveClip.from_dict(state["adaptive"])
         self.participation = state["participation"].clone()
         self.noise_multiplier = float(state["noise_multiplier"])
-
-
-def dp_update_noise(noise_multiplier: float, count_noise_std: float | None) -> float:
-    """z_Δ for a given total z (re-exported for reports)."""
-    if count_noise_std is None:
-        return noise_multiplier
-    return adaptive_update_noise_multiplier(noise_multiplier, count_noise_std)
