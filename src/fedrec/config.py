@@ -194,8 +194,11 @@ class ObfuscationConfig(_Section):
     """Pseudo-item obfuscation (Lin et al. 2020, FedRec): extra uploaded rows for unrated items."""
 
     pseudo_items: int = Field(0, ge=0)
-    """Unrated items each client adds per round, trained with labels drawn from the model's
-    own prediction (zero-mean updates that look like real ones)."""
+    """Unrated items each client adds to its upload per round."""
+    virtual_labels: Literal["positive", "model"] = "positive"
+    """``positive``: FedRec's virtual ratings (label 1: they pass for real positives, and
+    training sees them as such); ``model``: labels drawn from the model's own prediction
+    (zero-mean updates, but unrated items then mostly look like negatives)."""
 
 
 class HEConfig(_Section):

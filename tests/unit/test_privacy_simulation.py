@@ -190,13 +190,26 @@ def test_pseudo_items_join_the_upload_and_both_engines_agree() -> None:
     a, _ = _rounds(build_simulation(_cfg(privacy), SPLIT, observer=rec), 1)
     obf = {o.client: set(o.item_ids.tolist()) for o in rec.clients if o.item_ids is not None}
     train = SPLIT.train
-    for c, items in obf.items():
-        mine = set(train.items[train.users == c].tolist())
-        assert mine <= items
-        assert len(items - plain[c]) > 0  # extra rows the plain upload did not have
+    looks_positive = []
+    for o in rec.clients:
+        assert o.item_ids is not None and o.rows is not None
+        mine = set(train.items[train.users == o.client].tolist())
+        assert mine <= obf[o.client]
+        extra = sorted(obf[o.client] - plain[o.client])  # rows the plain upload did not have
+        assert extra
+        ids = o.item_ids.tolist()
+        bias = o.rows["item_bias.weight"][:, 0]
+        looks_positive += [float(bias[ids.index(i)]) > 0 for i in extra]
+    assert sum(looks_positive) > 0.9 * len(looks_positive)  # virtual label 1: like positives
     b, _ = _rounds(build_simulation(_cfg(privacy), SPLIT, engine="sequential"), 1)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    drawn = {"obfuscation": {"pseudo_items": 5, "virtual_labels": "model"}}
+    c, _ = _rounds(build_simulation(_cfg(drawn), SPLIT), 1)
+    d, _ = _rounds(build_simulation(_cfg(drawn), SPLIT, engine="sequential"), 1)
+    for k in c:
+        torch.testing.assert_close(c[k], d[k], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(a["item_emb.weight"], c["item_emb.weight"])
     with pytest.raises(ValueError, match="pseudo_items"):
         RunConfig.model_validate(
             {

@@ -51,6 +51,7 @@ class LocalSettings:
     item rows each sample uses (row-sparse, like the L2 term)."""
     pseudo_items: int = 0
     """Obfuscation: unrated items trained and uploaded per round (see ``plan_round``)."""
+    pseudo_labels: str = "positive"
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
 
@@ -299,6 +300,7 @@ def train_clients(
         negatives=s.negatives,
         loss=s.loss,
         pseudo_items=s.pseudo_items,
+        pseudo_labels=s.pseudo_labels,
     )
     C = len(group)
     user_offsets = np.concatenate([[0], np.cumsum(group.n_local_users)]).astype(np.int64)

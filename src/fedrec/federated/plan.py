@@ -223,12 +223,16 @@ def plan_round(
     negatives: int,
     loss: str,
     pseudo_items: int = 0,
+    pseudo_labels: str = "positive",
 ) -> RoundPlan:
     """Every client's local samples for this round (see :class:`RoundPlan`).
 
     ``pseudo_items`` (obfuscation, Lin et al. 2020): per client and round, that many items it
     has no training positive for join every local epoch as extra samples, so the upload
-    holds rows for them too.
+    holds rows for them too. ``pseudo_labels``: ``positive`` gives them the virtual label 1
+    (FedRec's virtual ratings: they look like the client's real positives, at the cost of
+    training on false ones); ``model`` draws each label from the model's own prediction
+    (zero-mean updates, but mostly negative-looking ones for unrated items).
     """
     if epochs < 1:
         raise ValueError(f"local epochs must be >= 1, got {epochs}")
@@ -250,7 +254,10 @@ def plan_round(
         raise ValueError("BPR needs at least one negative per positive")
     P = pseudo_items
     if P and loss != "bce":
-        raise ValueError("pseudo-item obfuscation needs loss = 'bce' (labels drawn from sigmoid)")
+        raise ValueError("pseudo-item obfuscation needs loss = 'bce' (virtual 0/1 labels)")
+    if pseudo_labels not in ("positive", "model"):
+        raise ValueError(f"pseudo_labels must be 'positive' or 'model', got {pseudo_labels!r}")
+    drawn = pseudo_labels == "model"
     pseudo = np.zeros((C, 0), dtype=np.int64)
     if P:
         # One fixed set per client and round, drawn like negatives on a stream of its own.
@@ -315,9 +322,15 @@ def plan_round(
             s_t = np.concatenate([s_t, np.zeros(len(p_client), np.int64)])
             s_user = np.concatenate([s_user, np.zeros(len(p_client), np.int64)])
             s_item = np.concatenate([s_item, pseudo.reshape(-1)])
-            s_label = np.concatenate([s_label, np.zeros(len(p_client), np.float32)])
-            u = rng.hash64(seed, round_, rng.PSEUDO_LABELS, e, group.client_ids[p_client], p_idx)
-            u01 = (u >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+            s_label = np.concatenate(
+                [s_label, np.full(len(p_client), 0 if drawn else 1, np.float32)]
+            )
+            u01 = np.full(len(p_client), -1.0)
+            if drawn:
+                u = rng.hash64(
+                    seed, round_, rng.PSEUDO_LABELS, e, group.client_ids[p_client], p_idx
+                )
+                u01 = (u >> np.uint64(11)).astype(np.float64) / float(1 << 53)
             s_u = np.concatenate([s_u, u01.astype(np.float32)])
         parts_u.append(s_u)
         shuffle = rng.hash64(
@@ -342,7 +355,7 @@ def plan_round(
     items = np.concatenate(parts_item)[order]
     items2 = np.concatenate(parts_item2)[order] if pairwise else None
     labels_all = np.concatenate(parts_label)[order]
-    pseudo_u = np.concatenate(parts_u)[order] if P else None
+    pseudo_u = np.concatenate(parts_u)[order] if P and drawn else None
 
     epoch_sizes = sizes * (k if pairwise else 1 + k) + P
     sample_offsets = np.concatenate([[0], np.cumsum(epoch_sizes * epochs)]).astype(np.int64)

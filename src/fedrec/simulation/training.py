@@ -96,6 +96,7 @@ def local_settings(cfg: RunConfig) -> LocalSettings:
         weight_decay=loc.weight_decay,
         prox_mu=loc.prox_mu,
         pseudo_items=cfg.privacy.obfuscation.pseudo_items,
+        pseudo_labels=cfg.privacy.obfuscation.virtual_labels,
     )
 
 
