@@ -31,7 +31,7 @@ from fedrec.experiment.outputs import RunDirectory, finished_run
 from fedrec.experiment.pipeline import run_experiment
 from fedrec.report.machine import describe_machine, machine_markdown
 from fedrec.report.results import merge_rows, write_results
-from fedrec.utils.atomic import atomic_write_text
+from fedrec.utils.atomic import atomic_open, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = {"ml-100k": "ml-100k-fedmf", "ml-1m": "ml-1m-fedmf"}
@@ -166,6 +166,32 @@ def markdown(rows: list[dict[str, Any]], command: str, m: dict[str, Any]) -> str
     return "\n".join(lines)
 
 
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Utility against leakage: HR@10 and matched attack AUC per setting, one panel per data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datas = sorted({r["data"] for r in rows})
+    fig, axes = plt.subplots(1, len(datas), figsize=(7 * len(datas), 4.5), squeeze=False)
+    for ax, data in zip(axes[0], datas, strict=True):
+        mine = [r for r in rows if r["data"] == data]
+        x = range(len(mine))
+        ax.bar([i - 0.2 for i in x], [r["HR@10"] for r in mine], width=0.4, label="test HR@10")
+        auc = [r["attack_auc"] if r["attack_auc"] is not None else float("nan") for r in mine]
+        ax.bar([i + 0.2 for i in x], auc, width=0.4, label="attack AUC (matched)")
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+        ax.set_xticks(list(x), [r["setting"] for r in mine], rotation=45, ha="right")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(data)
+        ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    with atomic_open(path, "wb", encoding=None) as fh:
+        fig.savefig(fh, format="png", dpi=100)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", nargs="+", default=["ml-100k", "ml-1m"], choices=sorted(BASE))
@@ -197,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     md = markdown(all_rows, command, m)
     write_results(args.out, stem, {"rows": all_rows}, md, m)
+    plot(all_rows, args.out / f"{stem}.png")
     print(md)
     keys = ("HR@10", "NDCG@10", "attack_auc", "epsilon", "round_s", "bytes_up_per_client")
     by_data: dict[str, dict[str, Any]] = {}
