@@ -10,12 +10,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
@@ -41,29 +40,22 @@ from fedrec.models.scoring import ModelScorer
 from fedrec.privacy.server import ServerPrivacy
 from fedrec.simulation.engines import BatchedEngine, EngineSettings, PrivateStore, SequentialEngine
 from fedrec.simulation.protected import Observer, make_server_privacy, make_sinks
+from fedrec.training.result import RunResult
 from fedrec.utils.atomic import atomic_open
 
 Params = dict[str, Tensor]
 CHECKPOINT = "checkpoint.pt"
 
 
-@dataclass
-class FederatedResult:
-    model: Recommender
-    history: list[dict[str, Any]]
+@dataclass(kw_only=True)
+class FederatedResult(RunResult):
     best_round: int
     rounds_run: int
-    best_valid: dict[str, float]
-    test_metrics: dict[str, float]
-    test_full: dict[str, float] | None
-    per_user_test: pd.DataFrame | None
-    seconds: float
     seconds_per_round: float
     bytes_up: int
     bytes_down: int
     clients: int
     resumed_from: int | None = None
-    timing: dict[str, float] = field(default_factory=dict)
     privacy: dict[str, Any] | None = None
     """What the run spent (epsilon and the numbers that recompute it), when DP or LDP is on."""
     stop_reason: str = ""

@@ -10,11 +10,10 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import torch
 
 from fedrec.config import RunConfig
@@ -25,25 +24,14 @@ from fedrec.models.base import Recommender
 from fedrec.models.factory import build_model
 from fedrec.models.losses import bce_loss, bpr_loss, l2_penalty, mse_loss
 from fedrec.models.scoring import ModelScorer
+from fedrec.training.result import RunResult
 
 
-@dataclass
-class TrainResult:
-    model: Recommender
-    """The best model by the validation monitor (the last one when nothing was evaluated)."""
-    history: list[dict[str, Any]]
-    """One record per evaluation: epoch, train_loss, seconds, eval_seconds, ``valid/<metric>``."""
+@dataclass(kw_only=True)
+class TrainResult(RunResult):
     best_epoch: int
     epochs_run: int
-    best_valid: dict[str, float]
-    test_metrics: dict[str, float]
-    """Test metrics under ``cfg.eval.protocol``."""
-    test_full: dict[str, float] | None
-    """Full-ranking test metrics when asked for with ``also_full`` (and protocol is sampled)."""
-    per_user_test: pd.DataFrame | None
-    seconds: float
     seconds_per_epoch: float
-    timing: dict[str, float] = field(default_factory=dict)
 
 
 def _make_optimizer(cfg: RunConfig, model: Recommender) -> torch.optim.Optimizer:
