@@ -67,6 +67,9 @@ class RoundOutcome:
     bytes_up: IntArray
     """Bytes each participating client uploaded."""
     bytes_down: IntArray
+    lost: IntArray | None = None
+    """Clients that were sent the round but never answered (a deployment's real dropouts, found
+    by timeouts); None: every surviving client answered."""
 
 
 class ClientRunner(Protocol):
@@ -137,6 +140,9 @@ def run_round(
         try:
             outcome = runner.run(survivors, state.shared, state.round, dropped=dropped)
             acc = outcome.accumulator
+            if outcome.lost is not None and len(outcome.lost):
+                survivors = np.setdiff1d(survivors, outcome.lost)
+                dropped = np.union1d(dropped, outcome.lost)
             up, down = int(outcome.bytes_up.sum()), int(outcome.bytes_down.sum())
             loss, examples = acc.mean_loss, acc.examples
             if finalizer is not None:

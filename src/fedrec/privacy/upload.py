@@ -21,12 +21,15 @@ the quantisation of secure aggregation that follows.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor
 
+from fedrec.federated import rng
 from fedrec.federated.layout import ParamLayout
 from fedrec.privacy.ldp import LocalDP
 
@@ -131,6 +134,61 @@ class UploadVector:
         out[self.payload_dim + 1] = below
         return out
 
+    def build_many(
+        self,
+        item_ids: Tensor,
+        sizes: Sequence[int] | npt.NDArray[np.integer],
+        rows: Params,
+        dense: Params,
+        *,
+        scales: Sequence[float],
+        belows: Sequence[float],
+        out: Tensor | None = None,
+    ) -> Tensor:
+        """Several clients' vectors at once, one row each: row k is exactly
+        ``build(ids_k, rows_k, dense_k, scale=scales[k], below=belows[k])``.
+
+        ``item_ids`` and ``rows`` are the clients' sparse rows concatenated in client order,
+        ``sizes[k]`` of them for client k; ``dense`` is stacked per client on dim 0. ``out``:
+        a float64 (clients, dim) buffer to overwrite instead of allocating one.
+        """
+        b = len(sizes)
+        if len(scales) != b or len(belows) != b:
+            raise ValueError(f"{b} clients but {len(scales)} scales and {len(belows)} belows")
+        if out is None:
+            out = torch.zeros(b, self.dim, dtype=torch.float64)
+        else:
+            if out.shape != (b, self.dim) or out.dtype != torch.float64:
+                raise ValueError(f"out must be float64 of shape ({b}, {self.dim})")
+            out.zero_()
+        owner = torch.repeat_interleave(
+            torch.arange(b), torch.as_tensor(np.asarray(sizes), dtype=torch.long)
+        )
+        ids = item_ids.to(torch.long)
+        if owner.numel() != ids.numel():
+            raise ValueError(f"sizes add up to {owner.numel()} rows, item_ids has {ids.numel()}")
+        scale = torch.tensor(list(scales), dtype=torch.float64)
+        row_scale = scale[owner]
+        w, n_items = self.row_width, self.n_items
+        if self.item_names:
+            table = out[:, : n_items * w].view(b, n_items, w)
+            parts = [
+                rows[n].to(torch.float64).reshape(len(ids), math.prod(shape))
+                for n, shape in zip(self.item_names, self.item_row_shapes, strict=True)
+            ]
+            table[owner, ids] = torch.cat(parts, dim=1) * row_scale[:, None]
+        out[:, n_items * w : n_items * (w + 1)][owner, ids] = self.count_scale * row_scale
+        start = n_items * (w + 1)
+        for n, shape in zip(self.dense_names, self.dense_shapes, strict=True):
+            size = math.prod(shape)
+            out[:, start : start + size] = (
+                dense[n].to(torch.float64).reshape(b, size) * scale[:, None]
+            )
+            start += size
+        out[:, self.payload_dim] = 1.0
+        out[:, self.payload_dim + 1] = torch.tensor(list(belows), dtype=torch.float64)
+        return out
+
     def split(self, total: Tensor | np.ndarray) -> Decoded:
         t = torch.as_tensor(total, dtype=torch.float64)
         if t.shape != (self.dim,):
@@ -186,16 +244,43 @@ class ClientProtection:
         """The centred adaptive-clipping bit b - 1/2."""
         return 0.0 if self.clip is None else (0.5 if norm <= self.clip else -0.5)
 
-    def noise(self, vector: Tensor, payload_dim: int, generator: torch.Generator) -> Tensor:
-        """Local DP or a distributed-DP share, added in place to ``vector``; returns it."""
+    def noise(
+        self,
+        vector: Tensor,
+        payload_dim: int,
+        generator: torch.Generator,
+        *,
+        scratch: Tensor | None = None,
+    ) -> Tensor:
+        """Local DP or a distributed-DP share, added in place to ``vector``; returns it.
+
+        ``scratch``: an optional float64 work buffer of at least ``payload_dim`` entries, so a
+        caller noising many vectors allocates none (same result, same draws).
+        """
         if self.ldp is not None:
             vector[:payload_dim] = self.ldp.apply(vector[None, :payload_dim], generator)[0]
         if self.noise_std > 0:
-            vector[:payload_dim] += self.noise_std * torch.randn(
-                payload_dim, generator=generator, dtype=torch.float64
-            )
+            if scratch is None:
+                vector[:payload_dim] += self.noise_std * torch.randn(
+                    payload_dim, generator=generator, dtype=torch.float64
+                )
+            else:
+                z = scratch[:payload_dim]
+                torch.randn(payload_dim, generator=generator, dtype=torch.float64, out=z)
+                z.mul_(self.noise_std)
+                vector[:payload_dim] += z
         if self.count_noise_std > 0:
             vector[payload_dim + 1] += self.count_noise_std * float(
                 torch.randn((), generator=generator, dtype=torch.float64)
             )
         return vector
+
+
+CLIENT_NOISE = 12
+"""rng stream tag of each client's own privacy noise."""
+
+
+def client_generator(seed: int, round_: int, client: int) -> torch.Generator:
+    """A client's own noise stream for a round. In simulation ``seed`` is the run's seed; a
+    deployed client keys it with a secret that never leaves its device."""
+    return torch.Generator().manual_seed(int(rng.hash64(seed, round_, CLIENT_NOISE, client)))

@@ -7,7 +7,6 @@ model; the simulator assembles them into one model only to do it in a single pas
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,25 +20,30 @@ from torch import Tensor
 from fedrec.config import RunConfig
 from fedrec.data.table import Split
 from fedrec.eval.protocols import evaluate
-from fedrec.federated.client import LocalSettings, LocalTrainer
+from fedrec.federated.client import LocalTrainer
+from fedrec.federated.configure import (
+    local_settings,
+    make_partition,
+    make_server_privacy,
+    selection_of,
+    strategy_of,
+)
 from fedrec.federated.layout import ParamLayout
+from fedrec.federated.loop import LoopSettings, LoopState, run_rounds
 from fedrec.federated.partition import (
     Partition,
-    by_column,
     client_groups,
-    cross_device,
-    random_silos,
 )
 from fedrec.federated.plan import ClientGroup
 from fedrec.federated.selection import Selection
-from fedrec.federated.server import ServerState, run_round
+from fedrec.federated.server import ServerState
 from fedrec.federated.strategies import Strategy
 from fedrec.models.base import Recommender
 from fedrec.models.factory import build_model
 from fedrec.models.scoring import ModelScorer
 from fedrec.privacy.server import ServerPrivacy
 from fedrec.simulation.engines import BatchedEngine, EngineSettings, PrivateStore, SequentialEngine
-from fedrec.simulation.protected import Observer, make_server_privacy, make_sinks
+from fedrec.simulation.protected import Observer, make_sinks
 from fedrec.training.result import RunResult
 from fedrec.utils.atomic import atomic_open
 
@@ -59,61 +63,6 @@ class FederatedResult(RunResult):
     privacy: dict[str, Any] | None = None
     """What the run spent (epsilon and the numbers that recompute it), when DP or LDP is on."""
     stop_reason: str = ""
-
-
-def make_partition(cfg: RunConfig, split: Split) -> Partition:
-    fed, users = cfg.federated, split.train.users
-    if fed.partition == "user":
-        return cross_device(users)
-    if fed.partition == "random":
-        return random_silos(users, fed.silos, cfg.seed)
-    feats = split.train.user_features
-    col = fed.silo_column
-    if feats is None or col not in feats.columns:
-        have = [] if feats is None else list(feats.columns)
-        raise ValueError(f"federated.silo_column {col!r} is not a user feature (have {have})")
-    return by_column(users, feats[col].astype(str).to_numpy())
-
-
-def local_settings(cfg: RunConfig) -> LocalSettings:
-    loc = cfg.federated.local
-    return LocalSettings(
-        epochs=loc.epochs,
-        batch_size=loc.batch_size,
-        lr=loc.lr,
-        dense_lr=loc.dense_lr,
-        optimizer=loc.optimizer,
-        negatives=loc.negatives,
-        loss=cfg.train.loss,
-        weight_decay=loc.weight_decay,
-        prox_mu=loc.prox_mu,
-        pseudo_items=cfg.privacy.obfuscation.pseudo_items,
-        pseudo_labels=cfg.privacy.obfuscation.virtual_labels,
-    )
-
-
-def strategy_of(cfg: RunConfig) -> Strategy:
-    f = cfg.federated
-    return Strategy(
-        f.strategy,
-        server_lr=f.server_lr,
-        momentum=f.momentum,
-        beta1=f.beta1,
-        beta2=f.beta2,
-        tau=f.tau,
-    )
-
-
-def selection_of(cfg: RunConfig) -> Selection:
-    f = cfg.federated
-    return Selection(
-        f.sampling,
-        fraction=f.fraction,
-        count=f.count,
-        rate=f.rate,
-        weighted=f.weighted_sampling,
-        dropout=f.dropout,
-    )
 
 
 def assemble(model: Recommender, shared: Params, private: Params) -> Recommender:
@@ -185,6 +134,47 @@ def build_simulation(
     )
 
 
+class _SimEvaluator:
+    """Validation as every client would compute it with its own private rows; the simulator
+    assembles them into one model only to do it in one pass."""
+
+    def __init__(self, cfg: RunConfig, split: Split, model: Recommender, store: PrivateStore):
+        self.cfg, self.split, self.model, self.store = cfg, split, model, store
+        self.scorer = ModelScorer(model)
+        self.seconds = 0.0
+        self.best: dict[str, Params] | None = None
+
+    def valid(self, state: ServerState) -> dict[str, float]:
+        t0 = time.perf_counter()
+        assemble(self.model, state.shared, self.store.tables)
+        ks = list(self.cfg.eval.ks)
+        res = evaluate(
+            self.scorer, self.split, which="valid", protocol=self.cfg.eval.protocol, ks=ks
+        )
+        self.seconds += time.perf_counter() - t0
+        return dict(res.metrics)
+
+    def keep_best(self, state: ServerState) -> None:
+        self.best = {
+            "shared": {k: v.clone() for k, v in state.shared.items()},
+            "private": {k: v.clone() for k, v in self.store.tables.items()},
+        }
+
+
+def loop_settings(cfg: RunConfig) -> LoopSettings:
+    fed = cfg.federated
+    return LoopSettings(
+        rounds=fed.rounds,
+        eval_every=fed.eval_every,
+        patience=fed.patience,
+        checkpoint_every=fed.checkpoint_every,
+        monitor=cfg.train.monitor,
+        per_row_items=fed.item_aggregation == "per-row",
+        target_epsilon=cfg.privacy.dp.target_epsilon,
+        delta=cfg.privacy.dp.delta,
+    )
+
+
 def train_federated(
     cfg: RunConfig,
     split: Split,
@@ -198,158 +188,79 @@ def train_federated(
     start = time.perf_counter()
     fed = cfg.federated
     sim = build_simulation(cfg, split)
-    model, store, engine, partition = sim.model, sim.store, sim.engine, sim.partition
-    strategy, selection, state = sim.strategy, sim.selection, sim.state
-    privacy = sim.privacy
-    stop_reason = ""
+    model, store, partition, privacy = sim.model, sim.store, sim.partition, sim.privacy
     weights = sim.group.sizes.astype(np.float64) if fed.weighted_sampling else None
-
-    scorer = ModelScorer(model)
-    ks = list(cfg.eval.ks)
-    monitor = cfg.train.monitor
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {
-        "value": -math.inf,
-        "round": 0,
-        "valid": {},
-        "shared": None,
-        "private": None,
-    }
-    stale = 0
-    bytes_up = bytes_down = 0
+    evaluator = _SimEvaluator(cfg, split, model, store)
+    loop = LoopState(server=sim.state)
     resumed_from: int | None = None
     ckpt = checkpoint_dir / CHECKPOINT if checkpoint_dir is not None else None
     if resume:
         if ckpt is None or not ckpt.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
         saved = torch.load(ckpt, weights_only=False)
-        state = ServerState.from_dict(saved["server"])
+        loop = LoopState.from_dict(saved)
         store.tables = saved["private"]
-        history, best, stale = saved["history"], saved["best"], saved["stale"]
-        bytes_up, bytes_down = saved["bytes_up"], saved["bytes_down"]
+        evaluator.best = saved["best_params"]
         if privacy is not None:
             privacy.load_state_dict(saved["privacy"])
-        resumed_from = state.round
+        resumed_from = loop.server.round
         if on_resume is not None:
-            on_resume(history)
+            on_resume(loop.history)
 
-    def save_checkpoint() -> None:
+    def save_checkpoint(loop: LoopState) -> None:
         if ckpt is None:
             return
-        payload = {
-            "server": state.to_dict(),
-            "private": store.tables,
-            "history": history,
-            "best": best,
-            "stale": stale,
-            "bytes_up": bytes_up,
-            "bytes_down": bytes_down,
-            "privacy": None if privacy is None else privacy.state_dict(),
-        }
+        payload = loop.to_dict()
+        payload.update(
+            {
+                "private": store.tables,
+                "best_params": evaluator.best,
+                "privacy": None if privacy is None else privacy.state_dict(),
+            }
+        )
         with atomic_open(ckpt, "wb", encoding=None) as fh:
             torch.save(payload, fh)
 
-    eval_seconds = 0.0
-    round_seconds: list[float] = []
-    while state.round < fed.rounds:
-        if privacy is not None and privacy.budget_exhausted():
-            stop_reason = (
-                f"privacy budget spent: one more round would exceed epsilon "
-                f"{cfg.privacy.dp.target_epsilon} at delta {cfg.privacy.dp.delta}"
-            )
-            break
-        state, report = run_round(
-            state,
-            strategy=strategy,
-            selection=selection,
-            runner=engine,
-            n_clients=partition.n_clients,
-            per_row_items=fed.item_aggregation == "per-row",
-            client_weights=weights,
-            finalizer=privacy,
-        )
-        if privacy is not None:
-            report.extra.update(_privacy_record(privacy))
-        if not all(bool(torch.isfinite(v).all()) for v in state.shared.values()):
-            # Diverged: no later round can be selected, and evaluating it would fail; the
-            # best round chosen on validation so far is what the run reports.
-            stop_reason = f"diverged: non-finite shared parameters after round {state.round}"
-            history.append(report.as_dict())
-            if on_round is not None:
-                on_round(history[-1])
-            break
-        round_seconds.append(report.seconds)
-        bytes_up += report.bytes_up
-        bytes_down += report.bytes_down
-        record = report.as_dict()
-        stop = False
-        if state.round % fed.eval_every == 0 or state.round == fed.rounds:
-            t0 = time.perf_counter()
-            assemble(model, state.shared, store.tables)
-            metrics = dict(
-                evaluate(scorer, split, which="valid", protocol=cfg.eval.protocol, ks=ks).metrics
-            )
-            eval_seconds += time.perf_counter() - t0
-            if monitor not in metrics:
-                raise KeyError(
-                    f"train.monitor {monitor!r} is not a metric (have {sorted(metrics)})"
-                )
-            record.update({f"valid/{k}": v for k, v in metrics.items()})
-            if metrics[monitor] > best["value"]:
-                best = {
-                    "value": metrics[monitor],
-                    "round": state.round,
-                    "valid": metrics,
-                    "shared": {k: v.clone() for k, v in state.shared.items()},
-                    "private": {k: v.clone() for k, v in store.tables.items()},
-                }
-                stale = 0
-                record["best"] = True
-            else:
-                stale += 1
-                record["best"] = False
-            stop = fed.patience > 0 and stale >= fed.patience
-            if stop:
-                stop_reason = f"early stopping: {fed.patience} evaluations without improvement"
-        history.append(record)
-        if on_round is not None:
-            on_round(record)
-        last = stop or state.round == fed.rounds
-        if fed.checkpoint_every and (state.round % fed.checkpoint_every == 0 or last):
-            save_checkpoint()
-        if stop:
-            break
-    if best["shared"] is not None:
-        assemble(model, best["shared"], best["private"])
+    loop = run_rounds(
+        loop,
+        loop_settings(cfg),
+        strategy=sim.strategy,
+        selection=sim.selection,
+        runner=sim.engine,
+        evaluator=evaluator,
+        n_clients=partition.n_clients,
+        privacy=privacy,
+        client_weights=weights,
+        on_round=on_round,
+        save=save_checkpoint,
+    )
+    if evaluator.best is not None:
+        assemble(model, evaluator.best["shared"], evaluator.best["private"])
     else:
-        assemble(model, state.shared, store.tables)
+        assemble(model, loop.server.shared, store.tables)
     t0 = time.perf_counter()
+    ks = list(cfg.eval.ks)
+    scorer = evaluator.scorer
     test = evaluate(scorer, split, which="test", protocol=cfg.eval.protocol, ks=ks)
     test_full = None
     if cfg.eval.also_full and cfg.eval.protocol != "full":
         test_full = dict(evaluate(scorer, split, which="test", protocol="full", ks=ks).metrics)
     return FederatedResult(
         model=model,
-        history=history,
-        best_round=int(best["round"]),
-        rounds_run=state.round,
-        best_valid=dict(best["valid"]),
+        history=loop.history,
+        best_round=loop.best_round,
+        rounds_run=loop.server.round,
+        best_valid=dict(loop.best_valid),
         test_metrics=dict(test.metrics),
         test_full=test_full,
         per_user_test=test.per_user,
         seconds=time.perf_counter() - start,
-        seconds_per_round=float(np.mean(round_seconds)) if round_seconds else 0.0,
-        bytes_up=bytes_up,
-        bytes_down=bytes_down,
+        seconds_per_round=float(np.mean(loop.round_seconds)) if loop.round_seconds else 0.0,
+        bytes_up=loop.bytes_up,
+        bytes_down=loop.bytes_down,
         clients=partition.n_clients,
         resumed_from=resumed_from,
-        timing={"eval": eval_seconds, "test_eval": time.perf_counter() - t0},
+        timing={"eval": evaluator.seconds, "test_eval": time.perf_counter() - t0},
         privacy=None if privacy is None else privacy.report(),
-        stop_reason=stop_reason or "all rounds run",
+        stop_reason=loop.stop_reason,
     )
-
-
-def _privacy_record(privacy: ServerPrivacy) -> dict[str, Any]:
-    """The per-round privacy fields of a metrics record."""
-    rep = privacy.report()
-    return {k: rep[k] for k in ("epsilon", "clip") if k in rep and rep[k] is not None}

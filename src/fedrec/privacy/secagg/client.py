@@ -203,13 +203,14 @@ class SecAggClient:
                 "are needed to unmask it"
             )
         q = p.quantizer.quantize(x, os.urandom(32))
-        stream = mask_stream(p.dim, p.quantizer.dtype)
-        stream.add(q, self._seed)  # the seed is a fresh 256-bit key, used once
-        for v in msg.neighbours:
-            if self.id < v:
-                stream.add(q, self._mask_keys[v])
-            else:
-                stream.subtract(q, self._mask_keys[v])
+        keys = self._mask_keys
+        # The seed is a fresh 256-bit key, used once; the pair (u, v) adds its mask at the
+        # smaller id and subtracts it at the larger, so it cancels in the sum.
+        mask_stream(p.dim, p.quantizer.dtype).apply(
+            q,
+            plus=[self._seed, *(keys[v] for v in msg.neighbours if self.id < v)],
+            minus=[keys[v] for v in msg.neighbours if self.id > v],
+        )
         self._masked_with = frozenset(msg.neighbours)
         self._phase = _Phase.MASKED
         return MaskedInput(p.round_, self.id, p.quantizer.bits, q)

@@ -7,6 +7,7 @@ Every mask key is used for exactly one keystream, so a fixed all-zero counter bl
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 __all__ = ["MaskStream", "keystream", "mask_stream"]
 
 _ZERO_COUNTER = bytes(16)
+_CTR = modes.CTR(_ZERO_COUNTER)  # immutable; built once rather than once per mask
 
 
 def keystream(key: bytes, nbytes: int) -> bytes:
@@ -42,7 +44,7 @@ class MaskStream:
         """Keystream of ``key`` as ring elements; valid until the next call."""
         if len(key) != 32:
             raise ValueError("mask keys are 32 bytes (AES-256)")
-        enc = Cipher(algorithms.AES(key), modes.CTR(_ZERO_COUNTER)).encryptor()
+        enc = Cipher(algorithms.AES(key), _CTR).encryptor()
         enc.update_into(self._zeros, self._out)
         return self.words
 
@@ -51,6 +53,18 @@ class MaskStream:
 
     def subtract(self, acc: npt.NDArray[np.unsignedinteger], key: bytes) -> None:
         np.subtract(acc, self.fill(key), out=acc)
+
+    def apply(
+        self,
+        acc: npt.NDArray[np.unsignedinteger],
+        plus: Iterable[bytes] = (),
+        minus: Iterable[bytes] = (),
+    ) -> None:
+        """``acc += sum(PRG(k) for k in plus) - sum(PRG(k) for k in minus)``, in place."""
+        for key in plus:
+            np.add(acc, self.fill(key), out=acc)
+        for key in minus:
+            np.subtract(acc, self.fill(key), out=acc)
 
 
 _local = threading.local()

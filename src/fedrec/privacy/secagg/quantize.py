@@ -11,6 +11,7 @@ client key rather than numpy's generator.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,17 @@ from fedrec.privacy.secagg.masks import mask_stream
 __all__ = ["Quantizer"]
 
 _FLOAT_EXACT = 2**52  # beyond this, float64 cannot hold the fractional part to round
+_local = threading.local()
+
+
+def _scratch(count: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Two float64 work buffers of ``count`` entries, kept per thread for the last size."""
+    bufs: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = getattr(
+        _local, "bufs", None
+    )
+    if bufs is None or bufs[0].size != count:
+        bufs = _local.bufs = (np.empty(count), np.empty(count))
+    return bufs
 
 
 @dataclass(frozen=True)
@@ -84,12 +96,14 @@ class Quantizer:
         v = np.asarray(x, dtype=np.float64)
         if v.ndim != 1:
             raise SecAggInputError(f"expected a 1-D vector, got shape {v.shape}")
-        if not np.all(np.isfinite(v)):
+        if not np.isfinite(v).all():
             raise SecAggInputError("input has NaN or infinite values")
-        y = np.clip(v, -self.clip, self.clip)
+        y, u = _scratch(v.size)  # per-thread buffers: no page faults for fresh 1 MB arrays
+        np.clip(v, -self.clip, self.clip, out=y)
         y *= self.scale
         # floor(y + u), u ~ U[0, 1): rounds up with probability frac(y), hence unbiased.
-        y += np.multiply(mask_stream(v.size, np.uint32).fill(key), 2.0**-32)
+        np.multiply(mask_stream(v.size, np.uint32).fill(key), 2.0**-32, out=u)
+        y += u
         np.floor(y, out=y)
         return y.astype(np.int32 if self.bits == 32 else np.int64).view(self.dtype)
 

@@ -1,0 +1,103 @@
+"""The federated pieces a run configuration asks for: partition, local settings, strategy,
+client selection and the server's privacy state. The simulator and the deployment build
+theirs here, so one configuration means the same thing in both."""
+
+from __future__ import annotations
+
+from fedrec.config import RunConfig
+from fedrec.data.table import Split
+from fedrec.federated.client import LocalSettings
+from fedrec.federated.partition import Partition, by_column, cross_device, random_silos
+from fedrec.federated.selection import Selection
+from fedrec.federated.strategies import Strategy
+from fedrec.privacy.ldp import LocalDP
+from fedrec.privacy.server import DPSettings, Sampling, ServerPrivacy
+
+
+def make_partition(cfg: RunConfig, split: Split) -> Partition:
+    fed, users = cfg.federated, split.train.users
+    if fed.partition == "user":
+        return cross_device(users)
+    if fed.partition == "random":
+        return random_silos(users, fed.silos, cfg.seed)
+    feats = split.train.user_features
+    col = fed.silo_column
+    if feats is None or col not in feats.columns:
+        have = [] if feats is None else list(feats.columns)
+        raise ValueError(f"federated.silo_column {col!r} is not a user feature (have {have})")
+    return by_column(users, feats[col].astype(str).to_numpy())
+
+
+def local_settings(cfg: RunConfig) -> LocalSettings:
+    loc = cfg.federated.local
+    return LocalSettings(
+        epochs=loc.epochs,
+        batch_size=loc.batch_size,
+        lr=loc.lr,
+        dense_lr=loc.dense_lr,
+        optimizer=loc.optimizer,
+        negatives=loc.negatives,
+        loss=cfg.train.loss,
+        weight_decay=loc.weight_decay,
+        prox_mu=loc.prox_mu,
+        pseudo_items=cfg.privacy.obfuscation.pseudo_items,
+        pseudo_labels=cfg.privacy.obfuscation.virtual_labels,
+    )
+
+
+def strategy_of(cfg: RunConfig) -> Strategy:
+    f = cfg.federated
+    return Strategy(
+        f.strategy,
+        server_lr=f.server_lr,
+        momentum=f.momentum,
+        beta1=f.beta1,
+        beta2=f.beta2,
+        tau=f.tau,
+    )
+
+
+def selection_of(cfg: RunConfig) -> Selection:
+    f = cfg.federated
+    return Selection(
+        f.sampling,
+        fraction=f.fraction,
+        count=f.count,
+        rate=f.rate,
+        weighted=f.weighted_sampling,
+        dropout=f.dropout,
+    )
+
+
+def make_server_privacy(cfg: RunConfig, n_clients: int) -> ServerPrivacy | None:
+    """The server's DP state for a run (None when neither DP nor LDP is on)."""
+    priv, fed = cfg.privacy, cfg.federated
+    if not (priv.dp.enabled or priv.ldp.enabled):
+        return None
+    sampling = Sampling.of(
+        fed.sampling, n_clients, fraction=fed.fraction, count=fed.count, rate=fed.rate
+    )
+    ldp = None
+    if priv.ldp.enabled:
+        cfg_l = priv.ldp
+        delta = cfg_l.delta if cfg_l.mechanism == "gaussian" else 0.0
+        ldp = LocalDP(cfg_l.mechanism, cfg_l.epsilon, delta, cfg_l.clip)
+    dp = None
+    if priv.dp.enabled:
+        d = priv.dp
+        dp = DPSettings(
+            clip=d.clip,
+            noise_multiplier=d.noise_multiplier,
+            delta=d.delta,
+            distributed=d.mode == "distributed",
+            accountant=d.accountant,
+            target_epsilon=d.target_epsilon,
+            count_scale=d.count_scale,
+            min_count=d.min_count,
+            adaptive=d.adaptive_clip,
+            target_quantile=d.target_quantile,
+            clip_lr=d.clip_lr,
+            clip_count_stddev=d.clip_count_stddev,
+            dropout_allowance=min(0.9, fed.dropout + 0.1),
+        )
+    return ServerPrivacy(dp, sampling, ldp=ldp, seed=cfg.seed, rounds=fed.rounds)
