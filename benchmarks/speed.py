@@ -1,7 +1,7 @@
 """Federated simulation speed and memory: one batched round against one centralized epoch of the
 same model over the same samples, and against the one-client reference engine.
 
-    python benchmarks/speed.py [--data-dir DIR] [--out DIR] [--reference-clients N] [--quick]
+    python benchmarks/speed.py [--out DIR] [--reference-clients N] [--threads N] [--quick]
 
 Setting (federated-engine issue): ML-1M (NCF split), FedMF d = 32, all 6,040 clients every
 round, 1 local epoch, 4 negatives per positive. The reference engine is timed on a random
@@ -31,13 +31,13 @@ from fedrec.simulation.training import build_simulation
 from fedrec.training.centralized import train_centralized
 
 
-def config(data: str, model: str, batch_size: int) -> RunConfig:
+def config(data: str, model: str, batch_size: int, threads: int = 2) -> RunConfig:
     split = "ncf" if data == "ml-1m" else "loo-time"
     return RunConfig.model_validate(
         {
             "mode": "federated",
             "seed": 0,
-            "threads": 2,
+            "threads": threads,
             "data": {"name": data, "split": split},
             "model": {"name": model, "dim": 32, "mlp_layers": [64, 32, 16]},
             "train": {
@@ -57,8 +57,10 @@ def config(data: str, model: str, batch_size: int) -> RunConfig:
     )
 
 
-def measure(data: str, model: str, batch_size: int, reference_clients: int) -> dict[str, Any]:
-    cfg = config(data, model, batch_size)
+def measure(
+    data: str, model: str, batch_size: int, reference_clients: int, threads: int
+) -> dict[str, Any]:
+    cfg = config(data, model, batch_size, threads)
     prepared = prepare(cfg)
     split = prepared.split
 
@@ -107,10 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--reference-clients", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (both sides)")
     ap.add_argument("--quick", action="store_true", help="ML-100K FedMF only")
     args = ap.parse_args(argv)
     settings = [("ml-100k", "mf")] if args.quick else [("ml-1m", "mf"), ("ml-100k", "mf")]
-    rows = [measure(d, m, args.batch_size, args.reference_clients) for d, m in settings]
+    rows = [
+        measure(d, m, args.batch_size, args.reference_clients, args.threads) for d, m in settings
+    ]
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     m = describe_machine()
     command = shlex.join(["python", "benchmarks/speed.py", *sys.argv[1:]])

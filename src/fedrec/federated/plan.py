@@ -8,6 +8,7 @@ from :mod:`fedrec.federated.rng` keyed by the client's own id.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -138,12 +139,14 @@ class _KeySet:
     """Membership in a set of int64 keys: a bitmap when their range is small, else binary search
     (both far faster than np.isin at these sizes)."""
 
-    def __init__(self, sorted_keys: IntArray, key_range: int) -> None:
+    def __init__(self, keys: IntArray, key_range: int) -> None:
         self.bitmap: npt.NDArray[np.bool_] | None = None
-        self.keys = sorted_keys
+        self.keys = keys
         if key_range <= 1 << 28:
             self.bitmap = np.zeros(key_range, dtype=bool)
-            self.bitmap[sorted_keys] = True
+            self.bitmap[keys] = True
+        else:
+            self.keys = _sorted_unique(keys)
 
     def contains(self, query: IntArray) -> npt.NDArray[np.bool_]:
         if self.bitmap is not None:
@@ -152,6 +155,26 @@ class _KeySet:
             return np.zeros(query.shape, dtype=bool)
         pos = np.searchsorted(self.keys, query).clip(max=len(self.keys) - 1)
         return np.asarray(self.keys[pos] == query)
+
+
+def _cat(parts: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    """``np.concatenate``, without the copy when there is one part (one local epoch)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _stable_argsort(keys: npt.NDArray[np.uint64]) -> IntArray:
+    """``np.argsort(keys, kind="stable")``, faster when keys rarely tie.
+
+    numpy's default sort is about twice as fast as its stable one on 64-bit keys; it can only
+    differ on equal keys, so it is used when the sorted keys have no ties (the usual case:
+    a tie needs two of a client's samples to share a 40-bit hash).
+    """
+    order = np.argsort(keys)
+    ranked = keys[order]
+    if len(ranked) > 1 and bool((ranked[1:] == ranked[:-1]).any()):
+        order = np.argsort(keys, kind="stable")
+    out: IntArray = order.astype(np.int64, copy=False)
+    return out
 
 
 def _sorted_unique(keys: IntArray) -> IntArray:
@@ -169,8 +192,9 @@ def _unique_with_index(keys: IntArray, key_range: int) -> tuple[IntArray, IntArr
         seen = np.zeros(key_range, dtype=bool)
         seen[keys] = True
         uniq = np.flatnonzero(seen).astype(np.int64)
-        rank = np.cumsum(seen, dtype=np.int64) - 1
-        return uniq, rank[keys]
+        rank = np.empty(key_range, dtype=np.int32)  # only the entries of seen keys are read
+        rank[uniq] = np.arange(len(uniq), dtype=np.int32)
+        return uniq, rank[keys].astype(np.int64)
     uniq, inv = np.unique(keys, return_inverse=True)
     return uniq.astype(np.int64), inv.astype(np.int64).reshape(keys.shape)
 
@@ -193,21 +217,25 @@ def _negatives(
     excluding held-out items would leak them into training.
     """
     n = group.n_items
-    cid = np.repeat(group.client_ids[row_client], k)
+    client = np.repeat(row_client, k)
     counter = (row_in_client[:, None] * k + np.arange(k, dtype=np.int64)[None, :]).reshape(-1)
     user_key = np.repeat(row_key_user, k) * n
-    out = rng.randint(n, seed, round_, tag, epoch, 0, cid, counter)
+    # Draw j of client c is randint(n, seed, round, tag, epoch, attempt, c's id, j); the
+    # prefix up to the client id is hashed once per client.
+    prefix = rng.hash64(seed, round_, tag, epoch, 0, group.client_ids)
+    out = rng.below(n, rng.extend(prefix[client], counter))
     todo = np.flatnonzero(positives.contains(user_key + out))
     attempt = 0
     while len(todo):
         attempt += 1
         if attempt > 1000:
-            bad = np.unique(cid[todo])
+            bad = np.unique(group.client_ids[client[todo]])
             raise ValueError(
                 f"could not draw negatives for client(s) {bad[:5].tolist()}: "
                 "a user has interacted with (almost) every item"
             )
-        redraw = rng.randint(n, seed, round_, tag, epoch, attempt, cid[todo], counter[todo])
+        prefix = rng.hash64(seed, round_, tag, epoch, attempt, group.client_ids)
+        redraw = rng.below(n, rng.extend(prefix[client[todo]], counter[todo]))
         out[todo] = redraw
         todo = todo[positives.contains(user_key[todo] + redraw)]
     return out.reshape(len(row_client), k)
@@ -244,10 +272,7 @@ def plan_round(
     row_in_client = np.arange(len(group.items), dtype=np.int64) - group.offsets[row_client]
     user_base = np.concatenate([[0], np.cumsum(group.n_local_users)]).astype(np.int64)
     key_user = user_base[row_client] + group.users
-    positives = _KeySet(
-        _sorted_unique(key_user * group.n_items + group.items),
-        int(user_base[-1]) * group.n_items,
-    )
+    positives = _KeySet(key_user * group.n_items + group.items, int(user_base[-1]) * group.n_items)
     pairwise = loss == "bpr"
     k = 0 if loss == "mse" else negatives
     if pairwise and k < 1:
@@ -274,53 +299,50 @@ def plan_round(
             np.zeros(C, dtype=np.int64),
             tag=rng.PSEUDO_ITEMS,
         )
+    # Cross-device groups (one user per client) have every local user index 0: not carried.
+    one_user_each = bool((group.n_local_users == 1).all())
+    # The shuffle counter of a row's t-th sample (t = k: its positive) is row * (k + 1) + t.
+    row_counter = row_in_client * (k + 1)
+    neg_t = np.arange(k, dtype=np.int64)
+    p_client = np.repeat(np.arange(C, dtype=np.int64), P)
+    p_idx = np.tile(np.arange(P, dtype=np.int64), C)
     parts_u: list[npt.NDArray[np.float32]] = []
-
-    parts_client, parts_key, parts_user, parts_item, parts_item2, parts_label = (
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-    )
+    parts_key: list[tuple[IntArray, npt.NDArray[np.uint64]]] = []
+    parts_user: list[IntArray] = []
+    parts_item: list[IntArray] = []
+    parts_item2: list[IntArray] = []
+    parts_label: list[FloatArray] = []
     for e in range(epochs):
         neg = (
             _negatives(group, row_client, key_user, positives, k, seed, round_, e, row_in_client)
             if k
             else np.zeros((len(row_client), 0), dtype=np.int64)
         )
+        s_user = group.users
         if pairwise:
             s_client = np.repeat(row_client, k)
-            s_row = np.repeat(row_in_client, k)
-            s_t = np.tile(np.arange(k, dtype=np.int64), len(row_client))
-            s_user = np.repeat(group.users, k)
+            counter = (row_counter[:, None] + neg_t).reshape(-1)
+            if not one_user_each:
+                s_user = np.repeat(group.users, k)
             s_item = np.repeat(group.items, k)
             parts_item2.append(neg.reshape(-1))
             s_label = np.ones(len(s_item), dtype=np.float32)
         else:
             labels = group.ratings if loss == "mse" else np.ones(len(group.items), np.float32)
             s_client = np.concatenate([row_client, np.repeat(row_client, k)])
-            s_row = np.concatenate([row_in_client, np.repeat(row_in_client, k)])
-            s_t = np.concatenate(
-                [
-                    np.full(len(row_client), k, np.int64),
-                    np.tile(np.arange(k, dtype=np.int64), len(row_client)),
-                ]
-            )
-            s_user = np.concatenate([group.users, np.repeat(group.users, k)])
+            counter = np.concatenate([row_counter + k, (row_counter[:, None] + neg_t).reshape(-1)])
+            if not one_user_each:
+                s_user = np.concatenate([group.users, np.repeat(group.users, k)])
             s_item = np.concatenate([group.items, neg.reshape(-1)])
             s_label = np.concatenate(
                 [labels.astype(np.float32), np.zeros(len(row_client) * k, np.float32)]
             )
-        s_u = np.full(len(s_client), -1.0, dtype=np.float32)
+        s_u = np.full(len(s_client) if drawn else 0, -1.0, dtype=np.float32)
         if P:
-            p_client = np.repeat(np.arange(C, dtype=np.int64), P)
-            p_idx = np.tile(np.arange(P, dtype=np.int64), C)
             s_client = np.concatenate([s_client, p_client])
-            s_row = np.concatenate([s_row, sizes[p_client] + p_idx])
-            s_t = np.concatenate([s_t, np.zeros(len(p_client), np.int64)])
-            s_user = np.concatenate([s_user, np.zeros(len(p_client), np.int64)])
+            counter = np.concatenate([counter, (sizes[p_client] + p_idx) * (k + 1)])
+            if not one_user_each:
+                s_user = np.concatenate([s_user, np.zeros(len(p_client), np.int64)])
             s_item = np.concatenate([s_item, pseudo.reshape(-1)])
             s_label = np.concatenate(
                 [s_label, np.full(len(p_client), 0 if drawn else 1, np.float32)]
@@ -333,32 +355,30 @@ def plan_round(
                 u01 = (u >> np.uint64(11)).astype(np.float64) / float(1 << 53)
             s_u = np.concatenate([s_u, u01.astype(np.float32)])
         parts_u.append(s_u)
-        shuffle = rng.hash64(
-            seed, round_, rng.SHUFFLE, e, group.client_ids[s_client], s_row * (k + 1) + s_t
-        )
-        parts_client.append(s_client)
-        parts_key.append((s_client * epochs + e, shuffle))
+        prefix = rng.hash64(seed, round_, rng.SHUFFLE, e, group.client_ids)
+        parts_key.append((s_client * epochs + e, rng.extend(prefix[s_client], counter)))
         parts_user.append(s_user)
         parts_item.append(s_item)
         parts_label.append(s_label)
 
     # Order: by client, then epoch, then the client's own shuffle hash.
-    group_key = np.concatenate([g for g, _ in parts_key])
-    hashes = np.concatenate([h for _, h in parts_key])
+    group_key = _cat([g for g, _ in parts_key])
+    hashes = _cat([h for _, h in parts_key])
     if C * epochs < 1 << 24:
         combined = (group_key.astype(np.uint64) << np.uint64(40)) | (hashes >> np.uint64(24))
-        order = np.argsort(combined, kind="stable")
+        order = _stable_argsort(combined)
     else:
         order = np.lexsort((hashes, group_key))
-    client = np.concatenate(parts_client)[order]
-    users = np.concatenate(parts_user)[order]
-    items = np.concatenate(parts_item)[order]
-    items2 = np.concatenate(parts_item2)[order] if pairwise else None
-    labels_all = np.concatenate(parts_label)[order]
-    pseudo_u = np.concatenate(parts_u)[order] if P and drawn else None
+    n_samples = len(order)
+    users = np.zeros(n_samples, np.int64) if one_user_each else _cat(parts_user)[order]
+    items = _cat(parts_item)[order]
+    items2 = _cat(parts_item2)[order] if pairwise else None
+    labels_all = _cat(parts_label)[order]
+    pseudo_u = _cat(parts_u)[order] if P and drawn else None
 
     epoch_sizes = sizes * (k if pairwise else 1 + k) + P
     sample_offsets = np.concatenate([[0], np.cumsum(epoch_sizes * epochs)]).astype(np.int64)
+    client = np.repeat(np.arange(C, dtype=np.int64), epoch_sizes * epochs)  # sorted by client
 
     n = group.n_items
     keys = client * n + items
@@ -366,7 +386,7 @@ def plan_round(
         keys = np.concatenate([keys, client * n + items2])
     slot_keys, slot_of = _unique_with_index(keys, C * n)
     item_offsets = np.searchsorted(slot_keys // n, np.arange(C + 1)).astype(np.int64)
-    local_items = (slot_keys % n).astype(np.int64)
+    local_items = (slot_keys % n).astype(np.int64, copy=False)
     slot_of = (
         slot_of - item_offsets[np.concatenate([client, client]) if items2 is not None else client]
     )
@@ -375,10 +395,10 @@ def plan_round(
     return RoundPlan(
         client_ids=group.client_ids,
         sample_offsets=sample_offsets,
-        users=users.astype(np.int64),
+        users=users.astype(np.int64, copy=False),
         items=slot_of[:n_s],
         items2=None if items2 is None else slot_of[n_s:],
-        labels=labels_all.astype(np.float32),
+        labels=labels_all.astype(np.float32, copy=False),
         item_offsets=item_offsets,
         local_items=local_items,
         epoch_sizes=epoch_sizes.astype(np.int64),

@@ -34,6 +34,12 @@ class Recommender(nn.Module, ABC):
     """Attribute names of feature tables: data gathered like rows, never trained or uploaded."""
     trainable: bool = True
     """False for models fitted in closed form (Popularity): training skips the optimiser."""
+    broadcast_rows: bool = False
+    """True when :meth:`score_rows` is elementwise over any leading dimensions: it accepts
+    rows shaped ``(*lead, *row)`` with broadcastable leads, and every dense parameter with
+    the same leading dimensions before its own shape, returning ``(*lead)`` scores. Federated
+    training then scores all clients' batches in one plain pass (each client with its own
+    dense values) instead of vmapping a per-client function, which is much cheaper."""
 
     def __init__(self, n_users: int, n_items: int) -> None:
         super().__init__()

@@ -22,6 +22,7 @@ from fedrec.models.base import Recommender, rows, sq
 
 class PFedRec(Recommender):
     _private = ("score_weight", "score_bias")
+    broadcast_rows = True
 
     def __init__(self, n_users: int, n_items: int, dim: int = 32, init_std: float = 0.01) -> None:
         super().__init__(n_users, n_items)
@@ -41,7 +42,8 @@ class PFedRec(Recommender):
 
     def score_rows(self, gathered: dict[str, Tensor]) -> Tensor:
         w, v = gathered["score_weight.weight"], gathered["item_emb.weight"]
-        return (w * v).sum(-1) + gathered["score_bias.weight"][:, 0]
+        # As MF.score_rows: a batched matmul when one user's read-out serves a whole batch.
+        return torch.einsum("...d,...d->...", v, w) + gathered["score_bias.weight"][..., 0]
 
     def score_all(self, users: Tensor) -> Tensor:
         w = rows(self.score_weight, users)

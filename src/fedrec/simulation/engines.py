@@ -2,9 +2,9 @@
 
 ``SequentialEngine`` calls :func:`fedrec.federated.client.client_update` once per client:
 the reference, and exactly what a deployed client runs. ``BatchedEngine`` calls
-:func:`fedrec.federated.client.train_clients` on large chunks of clients, which vmaps the
-same per-client gradient over all of them, so thousands of clients cost about one pass
-over their data.
+:func:`fedrec.federated.client.train_clients` on large chunks of clients, which takes every
+client's gradient of a step in one pass, so thousands of clients cost about one pass over
+their data.
 """
 
 from __future__ import annotations
@@ -141,7 +141,10 @@ class BatchedEngine(_Engine):
     """Large chunks of clients trained together by :func:`train_clients`.
 
     ``chunk_samples`` bounds the local samples per chunk, which bounds memory (each chunk holds
-    its clients' item rows and samples); it does not change results.
+    its clients' item rows and samples). Clients are chunked largest first: a chunk runs as
+    many steps as its busiest client, so grouping clients of similar size cuts the steps
+    (and their fixed cost) of a round by about a third. Neither changes any client's update;
+    only the order in which the server sums them.
     """
 
     def __init__(
@@ -160,8 +163,11 @@ class BatchedEngine(_Engine):
         self.chunk_samples = chunk_samples
 
     def _chunks(self, clients: IntArray) -> list[IntArray]:
+        if len(clients) == 0:
+            return []
         s = self.trainer.s
         per = 1 if s.loss == "mse" else (s.negatives if s.loss == "bpr" else 1 + s.negatives)
+        clients = clients[np.argsort(-self.group.sizes[clients], kind="stable")]
         est = np.maximum(self.group.sizes[clients] * per * s.epochs, 1)
         ends = np.cumsum(est)
         cut = np.searchsorted(
