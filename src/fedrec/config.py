@@ -233,6 +233,25 @@ class PrivacyConfig(_Section):
         return self.dense_uploads or self.dp.enabled or self.obfuscation.pseudo_items > 0
 
 
+class DeployConfig(_Section):
+    """A networked run on Flower (``fedrec deploy``); the simulator ignores this section."""
+
+    min_clients: int | None = Field(None, ge=1)
+    """Clients that must be connected before round 1; None: every client of the partition."""
+    wait_clients_s: float = Field(300.0, gt=0)
+    """How long the server waits for them before giving up."""
+    reply_timeout_s: float = Field(180.0, gt=0)
+    """How long the server waits for the replies of one exchange; clients that miss it are
+    dropped from the round (secure aggregation recovers without them)."""
+    max_upload_mb: float = Field(512.0, gt=0)
+    """Uploads larger than this are rejected (a hostile or broken client)."""
+    client_randomness: Literal["private", "run-seed"] = "private"
+    """``private``: each client draws its negatives, pseudo-items and noise from a secret seed
+    kept on its device; ``run-seed``: from the run's public seed, exactly as the simulator does
+    (reproduces a simulated run bit for bit, but lets the server recompute every client's
+    negatives and noise: for testing only)."""
+
+
 class RunConfig(_Section):
     """Top level of a run configuration file."""
 
@@ -246,6 +265,7 @@ class RunConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     federated: FederatedConfig = Field(default_factory=FederatedConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:

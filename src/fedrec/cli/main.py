@@ -24,6 +24,15 @@ config_app = typer.Typer(help="Inspect configurations.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 
+
+def _add_deploy() -> None:
+    from fedrec.cli.deploy import deploy_app
+
+    app.add_typer(deploy_app, name="deploy")
+
+
+_add_deploy()
+
 console = Console()
 err = Console(stderr=True)
 
@@ -169,24 +178,49 @@ def run(
 
 @app.command()
 def recommend(
-    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
-    user: Annotated[str, typer.Option("--user", "-u", help="Raw user id, as in the data set.")],
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="A finished simulated run directory.")
+    ] = None,
+    user: Annotated[
+        str, typer.Option("--user", "-u", help="Raw user id, as in the data set.")
+    ] = "",
     k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state", help="A deployed client's state directory (instead of a run directory)."
+        ),
+    ] = None,
 ) -> None:
     """A user's top-k items (with titles where the data set has them), from the user's
     private state and the shared model; items the user already has are left out."""
     from fedrec.data.errors import DataError
     from fedrec.experiment.recommend import recommend as top_k
 
+    if not user:
+        raise _fail("--user is required")
+    if (run_dir is None) == (state is None):
+        raise _fail("give either a run directory or --state CLIENT_STATE_DIR")
+    rows: list[tuple[int, object, str | None, float]]
     try:
-        recs = top_k(run_dir, user, k)
+        if state is not None:
+            from fedrec.deploy.client import ClientError, recommend_from_state
+
+            try:
+                recs_d = recommend_from_state(state, user, k)
+            except ClientError as exc:
+                raise _fail(str(exc)) from exc
+            rows = [(r["rank"], r["item"], r["title"], r["score"]) for r in recs_d]
+        else:
+            assert run_dir is not None
+            rows = [(r.rank, r.item, r.title, r.score) for r in top_k(run_dir, user, k)]
     except (DataError, ConfigError, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     table = Table(title=f"top {k} for user {user}")
     for col in ("rank", "item", "title", "score"):
         table.add_column(col, justify="right" if col in ("rank", "score") else "left")
-    for r in recs:
-        table.add_row(str(r.rank), str(r.item), r.title or "", f"{r.score:.3f}")
+    for rank, item, title, score in rows:
+        table.add_row(str(rank), str(item), title or "", f"{score:.3f}")
     console.print(table)
 
 
