@@ -235,19 +235,14 @@ class NetworkRunner:
     def _from_total(
         self, total: Tensor, included: list[int], examples: int, loss_sum: float, shared: Params
     ) -> Accumulator:
-        d = self.vector.split(total)
-        acc = Accumulator.zeros(self.layout, shared, self.n_items)
-        for n, v in d.item_sum.items():
-            acc.item_sum[n] = v
-        acc.item_weight = d.counts
-        for n, v in d.dense_sum.items():
-            acc.dense_sum[n] = v
-        acc.weight_total = torch.tensor(d.clients, dtype=torch.float64)
-        acc.clients = len(included)
-        acc.examples = examples
-        acc.loss_sum = loss_sum
-        acc.below_centred = d.below_centred
-        return acc
+        return self.vector.split(total).accumulator(
+            self.layout,
+            shared,
+            self.n_items,
+            clients=len(included),
+            examples=examples,
+            loss_sum=loss_sum,
+        )
 
     def _plain_vectors(
         self,

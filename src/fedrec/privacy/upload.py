@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from fedrec.federated import rng
+from fedrec.federated.aggregate import Accumulator
 from fedrec.federated.layout import ParamLayout
 from fedrec.privacy.ldp import LocalDP
 
@@ -46,6 +47,32 @@ class Decoded:
     dense_sum: Params
     clients: float
     below_centred: float
+
+    def accumulator(
+        self,
+        layout: ParamLayout,
+        shared: Params,
+        n_items: int,
+        *,
+        clients: int,
+        examples: int,
+        loss_sum: float,
+    ) -> Accumulator:
+        """The round's accumulator, as if the summed clients had been added one by one.
+
+        ``clients``, ``examples`` and ``loss_sum`` travel beside the protected sum (they are
+        the round's public bookkeeping), so the caller passes them in.
+        """
+        acc = Accumulator.zeros(layout, shared, n_items)
+        acc.item_sum.update(self.item_sum)
+        acc.item_weight = self.counts
+        acc.dense_sum.update(self.dense_sum)
+        acc.weight_total = torch.tensor(self.clients, dtype=torch.float64)
+        acc.clients = clients
+        acc.examples = examples
+        acc.loss_sum = loss_sum
+        acc.below_centred = self.below_centred
+        return acc
 
 
 @dataclass(frozen=True)

@@ -386,18 +386,14 @@ class VectorSink(Sink):
                     self.bytes.set(c, up)
         if self.observer is not None and not self.backend.visible:
             self.observer.aggregate(AggregateObservation(included, total, self.vector))
-        d = self.vector.split(total)
-        acc = Accumulator.zeros(self.layout, self.shared, self.n_items)
-        for n, v in d.item_sum.items():
-            acc.item_sum[n] = v
-        acc.item_weight = d.counts
-        for n, v in d.dense_sum.items():
-            acc.dense_sum[n] = v
-        acc.weight_total = torch.tensor(d.clients, dtype=torch.float64)
-        acc.clients = len(included)
-        acc.examples = self.examples
-        acc.loss_sum = self.loss_sum
-        acc.below_centred = d.below_centred
+        acc = self.vector.split(total).accumulator(
+            self.layout,
+            self.shared,
+            self.n_items,
+            clients=len(included),
+            examples=self.examples,
+            loss_sum=self.loss_sum,
+        )
         return acc, self.bytes.up
 
 
