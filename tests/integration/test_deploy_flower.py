@@ -22,33 +22,17 @@ import pytest
 import torch
 
 from fedrec.config import RunConfig, dump_config
-from fedrec.data.splits import leave_one_out_random
-from fedrec.data.table import Interactions, Split
+from fedrec.data.table import Split
 from fedrec.deploy.launcher import LocalFederation
 from fedrec.simulation.training import train_federated
 from fedrec.utils.atomic import atomic_write_text
+from tests.synthetic import two_taste_split
 
 N = 5
 
 
 def _split() -> Split:
-    rng = np.random.default_rng(0)
-    users, items = [], []
-    for u in range(50):
-        pool = np.arange(40)[np.arange(40) % 2 == u % 2]
-        chosen = rng.choice(pool, size=8, replace=False)
-        users += [u] * len(chosen)
-        items += chosen.tolist()
-    data = Interactions(
-        name="syn",
-        users=np.array(users, dtype=np.int64),
-        items=np.array(items, dtype=np.int64),
-        ratings=np.ones(len(users), np.float32),
-        timestamps=None,
-        user_ids=np.arange(50),
-        item_ids=np.arange(40),
-    )
-    return leave_one_out_random(data, seed=0, eval_negatives=10)
+    return two_taste_split(50, 40)
 
 
 def _cfg(secagg: bool) -> RunConfig:

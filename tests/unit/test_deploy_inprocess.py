@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from fedrec.config import RunConfig
-from fedrec.data.splits import leave_one_out_random
-from fedrec.data.table import Interactions, Split
+from fedrec.data.table import Split
 from fedrec.deploy.client import ClientError, ClientState, Device, recommend_from_state
 from fedrec.deploy.inprocess import InProcessTransport
 from fedrec.deploy.node import handle
@@ -22,26 +21,11 @@ from fedrec.deploy.server import serve
 from fedrec.deploy.shards import ClientShard, write_shards
 from fedrec.experiment.outputs import RunDirectory
 from fedrec.simulation.training import train_federated
+from tests.synthetic import two_taste_split
 
 
-def _split(n_users: int = 40, n_items: int = 30, seed: int = 0) -> Split:
-    rng = np.random.default_rng(seed)
-    users, items = [], []
-    for u in range(n_users):
-        pool = np.arange(n_items)[np.arange(n_items) % 2 == u % 2]
-        chosen = rng.choice(pool, size=7, replace=False)
-        users += [u] * len(chosen)
-        items += chosen.tolist()
-    data = Interactions(
-        name="syn",
-        users=np.array(users, dtype=np.int64),
-        items=np.array(items, dtype=np.int64),
-        ratings=np.ones(len(users), np.float32),
-        timestamps=None,
-        user_ids=np.array([f"u{u}" for u in range(n_users)]),
-        item_ids=np.arange(n_items),
-    )
-    return leave_one_out_random(data, seed=seed, eval_negatives=10)
+def _split() -> Split:
+    return two_taste_split(40, 30, per_user=7, string_ids=True)
 
 
 def _cfg(**over: Any) -> RunConfig:

@@ -6,36 +6,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
 from fedrec.config import RunConfig
-from fedrec.data.splits import leave_one_out_random
-from fedrec.data.table import Interactions, Split
 from fedrec.simulation.training import train_federated
+from tests.synthetic import two_taste_split
 
-
-def _split(n_users: int = 60, n_items: int = 40, seed: int = 0) -> Split:
-    """Two taste groups: users of group g mostly like items of group g (learnable)."""
-    rng = np.random.default_rng(seed)
-    users, items = [], []
-    for u in range(n_users):
-        g = u % 2
-        pool = np.arange(n_items)[np.arange(n_items) % 2 == g]
-        chosen = rng.choice(pool, size=8, replace=False)
-        users += [u] * len(chosen)
-        items += chosen.tolist()
-    data = Interactions(
-        name="syn",
-        users=np.array(users, dtype=np.int64),
-        items=np.array(items, dtype=np.int64),
-        ratings=np.ones(len(users), np.float32),
-        timestamps=None,
-        user_ids=np.arange(n_users),
-        item_ids=np.arange(n_items),
-    )
-    return leave_one_out_random(data, seed=seed, eval_negatives=10)
+_split = two_taste_split
 
 
 def _cfg(**fed: Any) -> RunConfig:

@@ -12,7 +12,7 @@ from fedrec.config import RunConfig
 from fedrec.federated.server import run_round
 from fedrec.simulation.protected import AggregateObservation, Observation
 from fedrec.simulation.training import Simulation, build_simulation, train_federated
-from tests.unit.test_federated_training import _split
+from tests.synthetic import two_taste_split as _split
 
 
 def _cfg(privacy: dict[str, Any], **fed: Any) -> RunConfig:
