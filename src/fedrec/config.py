@@ -167,8 +167,11 @@ class DPConfig(_Section):
     delta: float = Field(1e-5, gt=0, lt=1)
     accountant: Literal["rdp", "pld"] = "rdp"
     count_scale: float = Field(0.1, gt=0)
-    """Each touched item row also carries ``count_scale`` in a per-row count vector (clipped and
-    noised with the rows), so per-row averaging divides by a private count."""
+    """With ``item_aggregation = "per-row"``, each touched item row also carries ``count_scale``
+    in a per-row count vector (clipped and noised with the rows), so per-row averaging divides
+    by a private count. Its noise is z C / count_scale clients per row, which over long runs can
+    swamp the rows: ``item_aggregation = "fedavg"`` (a public denominator, no counts) is the
+    sturdier choice under DP."""
     min_count: float = Field(1.0, gt=0)
     """Noisy per-row counts are floored here before dividing."""
     adaptive_clip: bool = False
@@ -266,6 +269,15 @@ class RunConfig(_Section):
     federated: FederatedConfig = Field(default_factory=FederatedConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+
+    @property
+    def upload_count_scale(self) -> float | None:
+        """The per-row count entry of protected uploads; None when rows are averaged over a
+        public denominator (``item_aggregation = "fedavg"``) and counts would only spend the
+        clipping bound."""
+        if self.federated.item_aggregation != "per-row":
+            return None
+        return self.privacy.dp.count_scale
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:

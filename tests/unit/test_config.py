@@ -71,3 +71,14 @@ def test_shipped_configs_are_valid() -> None:
     assert configs, "configs/ is empty"
     for path in configs:
         load_config(path)
+
+
+def test_protected_uploads_carry_per_row_counts_only_for_per_row_averaging() -> None:
+    dp = ["mode='federated'", "privacy.dp.enabled=true", "privacy.dp.noise_multiplier=1.0"]
+    dp += ["federated.weighting='uniform'", "privacy.dp.count_scale=0.25"]
+    per_row = RunConfig.model_validate(apply_overrides({}, dp))
+    assert per_row.upload_count_scale == 0.25
+    public = RunConfig.model_validate(
+        apply_overrides({}, [*dp, "federated.item_aggregation='fedavg'"])
+    )
+    assert public.upload_count_scale is None

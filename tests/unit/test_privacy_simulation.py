@@ -38,7 +38,9 @@ def _cfg(privacy: dict[str, Any], **fed: Any) -> RunConfig:
     )
 
 
-def _rounds(sim: Simulation, n: int) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+def _rounds(
+    sim: Simulation, n: int, per_row: bool = True
+) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     state, reports = sim.state, []
     for _ in range(n):
         state, rep = run_round(
@@ -47,7 +49,7 @@ def _rounds(sim: Simulation, n: int) -> tuple[dict[str, torch.Tensor], list[dict
             selection=sim.selection,
             runner=sim.engine,
             n_clients=sim.partition.n_clients,
-            per_row_items=True,
+            per_row_items=per_row,
             finalizer=sim.privacy,
         )
         reports.append(rep.as_dict())
@@ -65,6 +67,19 @@ def test_secure_aggregation_gives_the_plain_uniform_model_up_to_quantisation() -
         assert not torch.equal(sec[k], plain[k]) or k == "global_bias"  # really went through it
     # dense uploads: every client sends the same (large) amount, whatever it touched
     assert reports[0]["bytes_up_per_client"] > 24 * 5 * 4
+
+
+def test_public_denominator_uploads_carry_no_counts_and_give_the_plain_model() -> None:
+    fed = {"item_aggregation": "fedavg"}
+    plain, _ = _rounds(build_simulation(_cfg({}, **fed), SPLIT), 2, per_row=False)
+    sim = build_simulation(_cfg({"secagg": {"enabled": True}}, **fed), SPLIT)
+    sec, reports = _rounds(sim, 2, per_row=False)
+    for k in plain:
+        torch.testing.assert_close(sec[k], plain[k], rtol=0, atol=1e-4)
+    with_counts = build_simulation(_cfg({"secagg": {"enabled": True}}), SPLIT)
+    _, counted = _rounds(with_counts, 1)
+    # 24 count entries fewer per upload, at 4 bytes each in the 32-bit ring
+    assert counted[0]["bytes_up_per_client"] - reports[0]["bytes_up_per_client"] == 24 * 4
 
 
 def test_secagg_with_distributed_dp_is_the_same_in_both_engines() -> None:

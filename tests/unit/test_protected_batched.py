@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 
 import numpy as np
@@ -25,6 +27,8 @@ VECTOR = UploadVector(
     dense_shapes=((), (2, 2)),
     count_scale=0.5,
 )
+NO_COUNTS = dataclasses.replace(VECTOR, count_scale=None)
+"""Rows averaged over a public denominator: no per-row count segment."""
 
 
 def _chunk(n: int, seed: int = 0) -> Chunk:
@@ -46,13 +50,14 @@ def _chunk(n: int, seed: int = 0) -> Chunk:
     )
 
 
-def test_build_many_rows_are_exactly_the_per_client_vectors() -> None:
+@pytest.mark.parametrize("vector", [VECTOR, NO_COUNTS], ids=["counts", "no-counts"])
+def test_build_many_rows_are_exactly_the_per_client_vectors(vector: UploadVector) -> None:
     chunk = _chunk(9)
     n = len(chunk.clients)
     scales = [1.0, 0.3, 1 / 7, 0.999, 1.0, 2.5, 0.1, 1.0, 0.77]
     belows = [0.5, -0.5, 0.0, 0.5, 0.5, -0.5, 0.5, 0.0, -0.5]
     sizes = np.diff(chunk.item_offsets)
-    many = VECTOR.build_many(
+    many = vector.build_many(
         chunk.item_ids,
         sizes,
         chunk.item_deltas,
@@ -60,8 +65,8 @@ def test_build_many_rows_are_exactly_the_per_client_vectors() -> None:
         scales=scales,
         belows=belows,
     )
-    buffer = torch.full((n, VECTOR.dim), float("nan"), dtype=torch.float64)
-    reused = VECTOR.build_many(
+    buffer = torch.full((n, vector.dim), float("nan"), dtype=torch.float64)
+    reused = vector.build_many(
         chunk.item_ids,
         sizes,
         chunk.item_deltas,
@@ -73,9 +78,37 @@ def test_build_many_rows_are_exactly_the_per_client_vectors() -> None:
     assert reused.data_ptr() == buffer.data_ptr()
     for k in range(n):
         ids, rows, dense = chunk.rows_of(k)
-        one = VECTOR.build(ids, rows, dense, scale=scales[k], below=belows[k])
+        one = vector.build(ids, rows, dense, scale=scales[k], below=belows[k])
         assert torch.equal(many[k], one)
         assert torch.equal(reused[k], one)
+
+
+@pytest.mark.parametrize("vector", [VECTOR, NO_COUNTS], ids=["counts", "no-counts"])
+def test_split_gives_back_what_build_put_in(vector: UploadVector) -> None:
+    chunk = _chunk(4, seed=2)
+    total = torch.zeros(vector.dim, dtype=torch.float64)
+    for k in range(4):
+        ids, rows, dense = chunk.rows_of(k)
+        vec = vector.build(ids, rows, dense, scale=0.5, below=0.5)
+        assert math.isclose(
+            float(vec[: vector.payload_dim].norm()), 0.5 * vector.payload_norm(rows, dense)
+        )
+        total += vec
+    got = vector.split(total)
+    emb = torch.zeros(N_ITEMS, 3, dtype=torch.float64)
+    touched = torch.zeros(N_ITEMS, dtype=torch.float64)
+    for k in range(4):
+        ids, rows, _ = chunk.rows_of(k)
+        emb[ids] += 0.5 * rows["item_emb"].to(torch.float64)
+        touched[ids] += 0.5
+    assert torch.allclose(got.item_sum["item_emb"], emb.float())
+    assert torch.allclose(got.dense_sum["w"], 0.5 * chunk.dense_deltas["w"].sum(0))
+    assert got.clients == 4.0 and got.below_centred == 2.0
+    if vector.count_scale is None:
+        assert vector.payload_dim == VECTOR.payload_dim - N_ITEMS
+        assert torch.equal(got.counts, torch.zeros(N_ITEMS))
+    else:
+        assert torch.allclose(got.counts, touched.float())
 
 
 def test_build_many_checks_its_arguments() -> None:

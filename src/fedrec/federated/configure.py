@@ -92,7 +92,7 @@ def make_server_privacy(cfg: RunConfig, n_clients: int) -> ServerPrivacy | None:
             distributed=d.mode == "distributed",
             accountant=d.accountant,
             target_epsilon=d.target_epsilon,
-            count_scale=d.count_scale,
+            count_scale=cfg.upload_count_scale,
             min_count=d.min_count,
             adaptive=d.adaptive_clip,
             target_quantile=d.target_quantile,

@@ -8,8 +8,13 @@ strategy applies:
 * central DP adds N(0, (z_Δ C)^2) to every entry of the sum (every item row, every per-row
   count, every dense value: entries no client touched too), distributed DP finds the noise
   already there (the clients' shares) and checks enough clients survived to carry it;
-* item rows are averaged over their *noisy* per-row count, and rows whose noisy count is under
-  ``min_count`` are left unchanged (post-processing of the noised sum: still private);
+* with per-row averaging, item rows are averaged over their *noisy* per-row count, and rows
+  whose noisy count is under ``min_count`` are left unchanged (post-processing of the noised
+  sum: still private). That count's noise is z C / ``count_scale`` clients, and clipping
+  shrinks the true counts, so over long runs the rows' noise can swamp them (measured on
+  ML-1M: validation HR@10 0.54 at round 5, 0.20 by round 20 at epsilon 8). With
+  ``item_aggregation = "fedavg"`` rows are divided by the expected number of clients instead,
+  a public denominator, and uploads carry no counts;
 * dense tensors are divided by the *expected* number of clients, not the realised one (which
   is not private under Poisson sampling);
 * the accountant (dp-accounting) is stepped once per released aggregate, with the total z
@@ -75,7 +80,8 @@ class DPSettings:
     distributed: bool
     accountant: Literal["rdp", "pld"]
     target_epsilon: float | None
-    count_scale: float
+    count_scale: float | None
+    """None: uploads carry no per-row counts (rows averaged over a public denominator)."""
     min_count: float
     adaptive: bool
     target_quantile: float
@@ -199,9 +205,10 @@ class ServerPrivacy:
             std = self.update_noise_multiplier * clip
             for name in sorted(acc.item_sum):
                 acc.item_sum[name] += std * torch.randn(acc.item_sum[name].shape, generator=gen)
-            acc.item_weight += (std / dp.count_scale) * torch.randn(
-                acc.item_weight.shape, generator=gen
-            )
+            if dp.count_scale is not None:
+                acc.item_weight += (std / dp.count_scale) * torch.randn(
+                    acc.item_weight.shape, generator=gen
+                )
             for name in sorted(acc.dense_sum):
                 acc.dense_sum[name] += std * torch.randn(acc.dense_sum[name].shape, generator=gen)
             if self.adaptive is not None:

@@ -8,7 +8,9 @@ table*, whatever the client touched, laid out as::
 
 * per-row counts: ``count_scale`` for every row the client trained (scaled with the rows when
   clipped), so the server can average each row over the clients that trained it, from the
-  same protected sum (and, under DP, from a noised count);
+  same protected sum (and, under DP, from a noised count). Absent (``count_scale`` None) when
+  rows are averaged over a public denominator (``item_aggregation = "fedavg"``): then they
+  would only spend the clipping bound;
 * ``1``: the client itself, so a secure sum also counts its participants;
 * ``b - 1/2``: adaptive clipping's centred "my norm was under the clip" bit (Andrew et al.).
 
@@ -43,7 +45,8 @@ class Decoded:
 
     item_sum: Params
     counts: Tensor
-    """Per-row sum of the count entries, divided by ``count_scale`` (so: clients per row)."""
+    """Per-row sum of the count entries, divided by ``count_scale`` (so: clients per row);
+    zeros when the upload carries no counts."""
     dense_sum: Params
     clients: float
     below_centred: float
@@ -85,12 +88,15 @@ class UploadVector:
     n_items: int
     dense_names: tuple[str, ...]
     dense_shapes: tuple[tuple[int, ...], ...]
-    count_scale: float
+    count_scale: float | None
+    """None: no per-row count segment."""
 
     @staticmethod
-    def of(layout: ParamLayout, shared: Params, n_items: int, count_scale: float) -> UploadVector:
-        if not (math.isfinite(count_scale) and count_scale > 0):
-            raise ValueError(f"count_scale must be > 0, got {count_scale}")
+    def of(
+        layout: ParamLayout, shared: Params, n_items: int, count_scale: float | None
+    ) -> UploadVector:
+        if count_scale is not None and not (math.isfinite(count_scale) and count_scale > 0):
+            raise ValueError(f"count_scale must be > 0 (or None: no counts), got {count_scale}")
         items = layout.trained(layout.item_rows)
         dense = layout.trained(layout.dense)
         frozen = tuple((n, tuple(shared[n].shape)) for n in layout.item_rows if n in layout.frozen)
@@ -101,7 +107,7 @@ class UploadVector:
             n_items=n_items,
             dense_names=dense,
             dense_shapes=tuple(tuple(shared[n].shape) for n in dense),
-            count_scale=float(count_scale),
+            count_scale=None if count_scale is None else float(count_scale),
         )
 
     @property
@@ -113,9 +119,17 @@ class UploadVector:
         return sum(math.prod(s) for s in self.dense_shapes)
 
     @property
+    def count_size(self) -> int:
+        return 0 if self.count_scale is None else self.n_items
+
+    @property
+    def _dense_start(self) -> int:
+        return self.n_items * self.row_width + self.count_size
+
+    @property
     def payload_dim(self) -> int:
         """Entries covered by clipping and noise: rows, counts and dense tensors."""
-        return self.n_items * self.row_width + self.n_items + self.dense_size
+        return self._dense_start + self.dense_size
 
     @property
     def dim(self) -> int:
@@ -129,7 +143,8 @@ class UploadVector:
             r = rows[n].to(torch.float64)
             k = int(r.shape[0])
             sq += float(r.pow(2).sum())
-        sq += k * self.count_scale**2
+        if self.count_scale is not None:
+            sq += k * self.count_scale**2
         for n in self.dense_names:
             sq += float(dense[n].to(torch.float64).pow(2).sum())
         return math.sqrt(sq)
@@ -150,9 +165,9 @@ class UploadVector:
         if self.item_names:
             parts = [rows[n].to(torch.float64).reshape(len(item_ids), -1) for n in self.item_names]
             table[item_ids] = torch.cat(parts, dim=1) * scale
-        counts = out[self.n_items * w : self.n_items * (w + 1)]
-        counts[item_ids] = self.count_scale * scale
-        start = self.n_items * (w + 1)
+        if self.count_scale is not None:
+            out[self.n_items * w : self._dense_start][item_ids] = self.count_scale * scale
+        start = self._dense_start
         for n, shape in zip(self.dense_names, self.dense_shapes, strict=True):
             size = math.prod(shape)
             out[start : start + size] = dense[n].to(torch.float64).reshape(-1) * scale
@@ -204,8 +219,9 @@ class UploadVector:
                 for n, shape in zip(self.item_names, self.item_row_shapes, strict=True)
             ]
             table[owner, ids] = torch.cat(parts, dim=1) * row_scale[:, None]
-        out[:, n_items * w : n_items * (w + 1)][owner, ids] = self.count_scale * row_scale
-        start = n_items * (w + 1)
+        if self.count_scale is not None:
+            out[:, n_items * w : self._dense_start][owner, ids] = self.count_scale * row_scale
+        start = self._dense_start
         for n, shape in zip(self.dense_names, self.dense_shapes, strict=True):
             size = math.prod(shape)
             out[:, start : start + size] = (
@@ -230,9 +246,12 @@ class UploadVector:
             col += size
         for n, shape in self.frozen_items:
             item_sum[n] = torch.zeros(shape)
-        counts = (t[self.n_items * w : self.n_items * (w + 1)] / self.count_scale).float()
+        if self.count_scale is None:
+            counts = torch.zeros(self.n_items)
+        else:
+            counts = (t[self.n_items * w : self._dense_start] / self.count_scale).float()
         dense_sum: Params = {}
-        start = self.n_items * (w + 1)
+        start = self._dense_start
         for n, shape in zip(self.dense_names, self.dense_shapes, strict=True):
             size = math.prod(shape)
             dense_sum[n] = t[start : start + size].reshape(shape).float()
