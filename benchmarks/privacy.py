@@ -66,6 +66,8 @@ class Setting:
     name: str
     overrides: tuple[str, ...]
     note: str = ""
+    dp: bool = False
+    """User-level DP: the data set's ``DP_TUNED`` recipe applies."""
 
 
 def _dp(eps: float, mode: str = "distributed") -> tuple[str, ...]:
@@ -91,8 +93,16 @@ SETTINGS = [
         for e in (1.0, 10.0, 100.0)
     ],
     Setting("secagg", ("privacy.secagg.enabled=true",)),
-    *[Setting(f"secagg_dp_eps{e:g}", _dp(e), f"delta {DELTA:g}") for e in (1.0, 2.0, 4.0, 8.0)],
-    Setting("dp_central_eps8", _dp(8.0, "central"), f"delta {DELTA:g}, trusted server adds noise"),
+    *[
+        Setting(f"secagg_dp_eps{e:g}", _dp(e), f"delta {DELTA:g}", dp=True)
+        for e in (1.0, 2.0, 4.0, 8.0)
+    ],
+    Setting(
+        "dp_central_eps8",
+        _dp(8.0, "central"),
+        f"delta {DELTA:g}, trusted server adds noise",
+        dp=True,
+    ),
     Setting(
         "he",
         ("privacy.he.enabled=true", 'federated.sampling="fraction"', "federated.fraction=0.1"),
@@ -117,7 +127,7 @@ def run_setting(
         'federated.weighting="uniform"',
         "federated.checkpoint_every=1",
         *PINNED.get(data, ()),
-        *(DP_TUNED[data] if "privacy.dp.enabled=true" in s.overrides else ()),
+        *(DP_TUNED[data] if s.dp else ()),
         *s.overrides,
     ]
     if threads is not None:
