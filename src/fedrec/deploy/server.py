@@ -19,6 +19,7 @@ import math
 import os
 import secrets
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -192,6 +193,26 @@ class NetworkRunner:
         lost = np.array(sorted(set(order) - set(included)), dtype=np.int64)
         return RoundOutcome(accumulator=acc, bytes_up=up, bytes_down=down, lost=lost)
 
+    def _train_replies(
+        self,
+        targets: list[int],
+        round_: int,
+        nonce: str,
+        traffic: _Traffic,
+        request: Callable[[int], Payload],
+        parse: Callable[[Payload], tuple[Any, ...]],
+    ) -> Iterator[tuple[int, tuple[Any, ...]]]:
+        """Each client's parsed train reply, in client order; an upload ``parse`` rejects is
+        noted and skipped, so one bad client never spoils the round."""
+        replies = self._exchange("train", {c: request(c) for c in targets}, round_, nonce, traffic)
+        for c in sorted(replies):
+            try:
+                parsed = parse(replies[c])
+            except RejectedUploadError as err:
+                self._note(round_, c, f"upload rejected: {err}")
+                continue
+            yield c, parsed
+
     # -- plain sparse uploads ------------------------------------------------------------------
     def _sparse(
         self,
@@ -202,19 +223,17 @@ class NetworkRunner:
         traffic: _Traffic,
         request: Any,
     ) -> tuple[Accumulator, list[int]]:
-        replies = self._exchange("train", {c: request(c) for c in targets}, round_, nonce, traffic)
         acc = Accumulator.zeros(self.layout, shared, self.n_items)
         uniform = self.cfg.federated.weighting == "uniform"
         prot = self.privacy.client_protection() if self.privacy is not None else None
         included = []
-        for c in sorted(replies):
-            try:
-                ids, rows, dense, n_ex, loss = sparse_update(
-                    replies[c], self.layout, shared, self.n_items
-                )
-            except RejectedUploadError as err:
-                self._note(round_, c, f"upload rejected: {err}")
-                continue
+
+        def parse(reply: Payload) -> tuple[Any, ...]:
+            return sparse_update(reply, self.layout, shared, self.n_items)
+
+        for c, (ids, rows, dense, n_ex, loss) in self._train_replies(
+            targets, round_, nonce, traffic, request, parse
+        ):
             w = 1.0 if uniform else float(n_ex)
             below = 0.0
             if prot is not None and prot.clip is not None:
@@ -253,15 +272,15 @@ class NetworkRunner:
         traffic: _Traffic,
         request: Any,
     ) -> tuple[Accumulator, list[int]]:
-        replies = self._exchange("train", {c: request(c) for c in targets}, round_, nonce, traffic)
         total = torch.zeros(self.vector.dim, dtype=torch.float64)
         included, examples, loss_sum = [], 0, 0.0
-        for c in sorted(replies):
-            try:
-                vec, n_ex, loss = plain_vector(replies[c], self.vector.dim)
-            except RejectedUploadError as err:
-                self._note(round_, c, f"upload rejected: {err}")
-                continue
+
+        def parse(reply: Payload) -> tuple[Any, ...]:
+            return plain_vector(reply, self.vector.dim)
+
+        for c, (vec, n_ex, loss) in self._train_replies(
+            targets, round_, nonce, traffic, request, parse
+        ):
             total += vec.to(torch.float64)
             included.append(c)
             examples += n_ex
