@@ -134,6 +134,11 @@ class FederatedConfig(_Section):
     eval_every: int = Field(5, ge=1)
     patience: int = Field(5, ge=0)
     checkpoint_every: int = Field(10, ge=0)
+    ema_decay: float = Field(0.0, ge=0, lt=1)
+    """Validate, select and release an exponential moving average of the shared parameters
+    over rounds (weights ``ema_decay**age``, debiased) instead of the last round's. Training
+    continues from the last round's. Under DP it averages the per-round noise away at no
+    privacy cost (post-processing); 0 uses the last round's parameters."""
     local: LocalConfig = Field(default_factory=LocalConfig)
 
 

@@ -20,7 +20,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,9 +43,14 @@ from fedrec.deploy.validate import (
 )
 from fedrec.experiment.outputs import RunDirectory
 from fedrec.federated.aggregate import Accumulator
-from fedrec.federated.configure import make_server_privacy, selection_of, strategy_of
+from fedrec.federated.configure import (
+    loop_settings,
+    make_server_privacy,
+    selection_of,
+    strategy_of,
+)
 from fedrec.federated.layout import ParamLayout
-from fedrec.federated.loop import LoopSettings, LoopState, run_rounds
+from fedrec.federated.loop import LoopState, run_rounds
 from fedrec.federated.server import RoundAbortedError, RoundOutcome, ServerState
 from fedrec.privacy.secagg import SecAggAbort, SecAggError, SecAggServer
 from fedrec.privacy.secagg.messages import (
@@ -525,16 +530,8 @@ def serve(
     fed = cfg.federated
     loop = run_rounds(
         loop,
-        LoopSettings(
-            rounds=fed.rounds,
-            eval_every=fed.eval_every,
-            patience=fed.patience,
-            checkpoint_every=max(fed.checkpoint_every, 1),
-            monitor=cfg.train.monitor,
-            per_row_items=fed.item_aggregation == "per-row",
-            target_epsilon=cfg.privacy.dp.target_epsilon,
-            delta=cfg.privacy.dp.delta,
-        ),
+        # A deployment always checkpoints: its rounds are too costly to lose.
+        replace(loop_settings(cfg), checkpoint_every=max(fed.checkpoint_every, 1)),
         strategy=strategy,
         selection=selection_of(cfg),
         runner=runner,
@@ -546,7 +543,7 @@ def serve(
     )
     with atomic_open(out.path / "shared_model.pt", "wb", encoding=None) as fh:
         # Only the shared parameters: private rows never leave the clients.
-        torch.save(loop.server.shared, fh)
+        torch.save(loop.released().shared, fh)
     plot_learning_curves(loop.history, out.path / "plots", x_key="round")
     examples = sum(int(online[c]["n_examples"]) for c in ids)
     history = loop.history

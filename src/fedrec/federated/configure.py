@@ -7,6 +7,7 @@ from __future__ import annotations
 from fedrec.config import RunConfig
 from fedrec.data.table import Split
 from fedrec.federated.client import LocalSettings
+from fedrec.federated.loop import LoopSettings
 from fedrec.federated.partition import Partition, by_column, cross_device, random_silos
 from fedrec.federated.selection import Selection
 from fedrec.federated.strategies import Strategy
@@ -101,3 +102,18 @@ def make_server_privacy(cfg: RunConfig, n_clients: int) -> ServerPrivacy | None:
             dropout_allowance=min(0.9, fed.dropout + 0.1),
         )
     return ServerPrivacy(dp, sampling, ldp=ldp, seed=cfg.seed, rounds=fed.rounds)
+
+
+def loop_settings(cfg: RunConfig) -> LoopSettings:
+    fed = cfg.federated
+    return LoopSettings(
+        rounds=fed.rounds,
+        eval_every=fed.eval_every,
+        patience=fed.patience,
+        checkpoint_every=fed.checkpoint_every,
+        monitor=cfg.train.monitor,
+        per_row_items=fed.item_aggregation == "per-row",
+        target_epsilon=cfg.privacy.dp.target_epsilon,
+        delta=cfg.privacy.dp.delta,
+        ema_decay=fed.ema_decay,
+    )

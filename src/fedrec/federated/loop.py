@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -43,6 +43,8 @@ class LoopSettings:
     per_row_items: bool
     target_epsilon: float | None = None
     delta: float | None = None
+    ema_decay: float = 0.0
+    """See ``FederatedConfig.ema_decay``."""
 
 
 @dataclass
@@ -59,6 +61,15 @@ class LoopState:
     bytes_down: int = 0
     round_seconds: list[float] = field(default_factory=list)
     stop_reason: str = ""
+    average: dict[str, torch.Tensor] | None = None
+    """The moving average of the shared parameters (``LoopSettings.ema_decay > 0``)."""
+
+    def released(self) -> ServerState:
+        """The server state validation, selection and the released model use: the moving
+        average of the shared parameters when there is one."""
+        if self.average is None:
+            return self.server
+        return replace(self.server, shared=self.average)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +80,7 @@ class LoopState:
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
             "round_seconds": self.round_seconds,
+            "average": self.average,
         }
 
     @staticmethod
@@ -84,7 +96,23 @@ class LoopState:
             bytes_up=int(d["bytes_up"]),
             bytes_down=int(d["bytes_down"]),
             round_seconds=list(d.get("round_seconds", [])),
+            average=d.get("average"),
         )
+
+
+def moving_average(
+    average: dict[str, torch.Tensor] | None,
+    shared: dict[str, torch.Tensor],
+    decay: float,
+    rounds: int,
+) -> dict[str, torch.Tensor]:
+    """The debiased moving average after ``rounds`` rounds, the last of which gave ``shared``:
+    round ``i``'s parameters weigh ``decay**(rounds - i)``, normalised to sum to one, so the
+    first round's average is that round's parameters (no pull toward the initial model)."""
+    if average is None or rounds <= 1:
+        return {k: v.detach().clone() for k, v in shared.items()}
+    step = (1.0 - decay) / (1.0 - decay**rounds)
+    return {k: a + step * (shared[k] - a) for k, a in average.items()}
 
 
 def privacy_record(privacy: ServerPrivacy) -> dict[str, Any]:
@@ -137,13 +165,17 @@ def run_rounds(
             if on_round is not None:
                 on_round(loop.history[-1])
             break
+        if s.ema_decay > 0:
+            with torch.no_grad():
+                loop.average = moving_average(loop.average, state.shared, s.ema_decay, state.round)
         loop.round_seconds.append(report.seconds)
         loop.bytes_up += report.bytes_up
         loop.bytes_down += report.bytes_down
         record = report.as_dict()
         stop = False
         if state.round % s.eval_every == 0 or state.round == s.rounds:
-            metrics = evaluator.valid(state)
+            released = loop.released()
+            metrics = evaluator.valid(released)
             if s.monitor not in metrics:
                 raise KeyError(
                     f"train.monitor {s.monitor!r} is not a metric (have {sorted(metrics)})"
@@ -152,7 +184,7 @@ def run_rounds(
             if metrics[s.monitor] > loop.best_value:
                 loop.best_value, loop.best_round = metrics[s.monitor], state.round
                 loop.best_valid = dict(metrics)
-                evaluator.keep_best(state)
+                evaluator.keep_best(released)
                 loop.stale = 0
                 record["best"] = True
             else:

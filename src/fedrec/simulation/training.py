@@ -23,13 +23,14 @@ from fedrec.eval.protocols import evaluate
 from fedrec.federated.client import LocalTrainer
 from fedrec.federated.configure import (
     local_settings,
+    loop_settings,
     make_partition,
     make_server_privacy,
     selection_of,
     strategy_of,
 )
 from fedrec.federated.layout import ParamLayout
-from fedrec.federated.loop import LoopSettings, LoopState, run_rounds
+from fedrec.federated.loop import LoopState, run_rounds
 from fedrec.federated.partition import (
     Partition,
     client_groups,
@@ -159,20 +160,6 @@ class _SimEvaluator:
             "shared": {k: v.clone() for k, v in state.shared.items()},
             "private": {k: v.clone() for k, v in self.store.tables.items()},
         }
-
-
-def loop_settings(cfg: RunConfig) -> LoopSettings:
-    fed = cfg.federated
-    return LoopSettings(
-        rounds=fed.rounds,
-        eval_every=fed.eval_every,
-        patience=fed.patience,
-        checkpoint_every=fed.checkpoint_every,
-        monitor=cfg.train.monitor,
-        per_row_items=fed.item_aggregation == "per-row",
-        target_epsilon=cfg.privacy.dp.target_epsilon,
-        delta=cfg.privacy.dp.delta,
-    )
 
 
 def train_federated(
