@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from fedrec.config import RunConfig
-from fedrec.simulation.training import train_federated
+from fedrec.simulation.training import FederatedResult, train_federated
 from tests.synthetic import two_taste_split
 
 _split = two_taste_split
@@ -54,34 +55,67 @@ def test_best_round_is_chosen_on_validation_only() -> None:
     assert all("test" not in k for r in result.history for k in r)
 
 
-def test_killed_run_resumes_to_the_same_model(tmp_path: Path) -> None:
+class _KilledError(Exception):
+    pass
+
+
+def _straight_and_killed(
+    cfg: RunConfig,
+    tmp_path: Path,
+    kill_at: int,
+    on_resume: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> tuple[FederatedResult, FederatedResult]:
+    """The run straight through, and the same run killed after round ``kill_at`` and resumed."""
     split = _split()
-    cfg = _cfg(sampling="poisson", rate=0.5, dropout=0.1, strategy="fedadam", server_lr=0.05)
     straight = train_federated(cfg, split, checkpoint_dir=tmp_path / "a")
 
-    class KilledError(Exception):
-        pass
+    def kill(record: dict[str, Any]) -> None:
+        if record["round"] == kill_at:
+            raise _KilledError
 
-    def kill_after_round_5(record: dict[str, Any]) -> None:
-        if record["round"] == 5:  # the last checkpoint was written at round 4
-            raise KilledError
-
-    with pytest.raises(KilledError):
-        train_federated(cfg, split, checkpoint_dir=tmp_path / "b", on_round=kill_after_round_5)
-    seen: list[list[dict[str, Any]]] = []
+    with pytest.raises(_KilledError):
+        train_federated(cfg, split, checkpoint_dir=tmp_path / "b", on_round=kill)
     resumed = train_federated(
-        cfg,
-        split,
-        checkpoint_dir=tmp_path / "b",
-        resume=True,
-        on_resume=lambda h: seen.append(list(h)),
+        cfg, split, checkpoint_dir=tmp_path / "b", resume=True, on_resume=on_resume
     )
-    assert resumed.resumed_from == 4 and [r["round"] for r in seen[0]] == [1, 2, 3, 4]
     a = dict(straight.model.named_parameters())
     for name, p in resumed.model.named_parameters():
         assert torch.equal(p, a[name]), name
+    return straight, resumed
+
+
+def test_killed_run_resumes_to_the_same_model(tmp_path: Path) -> None:
+    cfg = _cfg(sampling="poisson", rate=0.5, dropout=0.1, strategy="fedadam", server_lr=0.05)
+    seen: list[list[dict[str, Any]]] = []
+    # The last checkpoint before round 5 was written at round 4.
+    straight, resumed = _straight_and_killed(
+        cfg, tmp_path, kill_at=5, on_resume=lambda h: seen.append(list(h))
+    )
+    assert resumed.resumed_from == 4 and [r["round"] for r in seen[0]] == [1, 2, 3, 4]
     assert resumed.test_metrics == straight.test_metrics
     assert [r["round"] for r in resumed.history] == list(range(1, 9))
+
+
+def test_killed_averaged_run_resumes_to_the_same_model(tmp_path: Path) -> None:
+    """The moving average of ``ema_decay`` is checkpointed with the rest."""
+    cfg = _cfg(ema_decay=0.8, sampling="poisson", rate=0.5)
+    straight, resumed = _straight_and_killed(cfg, tmp_path, kill_at=7)
+    assert resumed.resumed_from == 6
+
+    def timeless(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+    assert timeless(resumed.history) == timeless(straight.history)
+
+
+def test_averaging_changes_what_is_released_not_how_clients_train() -> None:
+    split = _split()
+    plain = train_federated(_cfg(), split)
+    averaged = train_federated(_cfg(ema_decay=0.7), split)
+    assert [r["loss"] for r in averaged.history] == [r["loss"] for r in plain.history]
+    items = "item_emb.weight"
+    released = dict(averaged.model.named_parameters())[items]
+    assert not torch.equal(released, dict(plain.model.named_parameters())[items])
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
@@ -95,29 +129,13 @@ def test_cross_silo_partition_by_random_silos() -> None:
 
 
 def test_killed_dp_run_resumes_with_its_accountant_and_clip(tmp_path: Path) -> None:
-    split = _split()
     raw = _cfg(sampling="poisson", rate=0.5, weighting="uniform").model_dump()
     raw["privacy"] = {
         "dp": {"enabled": True, "noise_multiplier": 0.8, "adaptive_clip": True},
         "obfuscation": {"pseudo_items": 2},
     }
-    cfg = RunConfig.model_validate(raw)
-    straight = train_federated(cfg, split, checkpoint_dir=tmp_path / "a")
-
-    class KilledError(Exception):
-        pass
-
-    def kill(record: dict[str, Any]) -> None:
-        if record["round"] == 7:
-            raise KilledError
-
-    with pytest.raises(KilledError):
-        train_federated(cfg, split, checkpoint_dir=tmp_path / "b", on_round=kill)
-    resumed = train_federated(cfg, split, checkpoint_dir=tmp_path / "b", resume=True)
+    straight, resumed = _straight_and_killed(RunConfig.model_validate(raw), tmp_path, kill_at=7)
     assert resumed.resumed_from == 6
-    a = dict(straight.model.named_parameters())
-    for name, p in resumed.model.named_parameters():
-        assert torch.equal(p, a[name]), name
     assert straight.privacy is not None and resumed.privacy == straight.privacy
     clips = [r["clip"] for r in straight.history]
     assert len(set(clips)) > 1  # the adaptive clip really moved, and was restored

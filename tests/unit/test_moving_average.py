@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,7 +10,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedrec.config import RunConfig
 from fedrec.federated.aggregate import Accumulator
 from fedrec.federated.layout import ParamLayout
 from fedrec.federated.loop import LoopSettings, LoopState, moving_average, run_rounds
@@ -19,8 +17,6 @@ from fedrec.federated.selection import Selection
 from fedrec.federated.server import RoundOutcome, ServerState
 from fedrec.federated.strategies import Strategy
 from fedrec.models.mf import MF
-from fedrec.simulation.training import train_federated
-from tests.synthetic import two_taste_split
 
 Params = dict[str, torch.Tensor]
 
@@ -106,59 +102,3 @@ def test_validation_and_selection_see_the_average_while_training_continues_raw(
     assert rec.best is not None
     torch.testing.assert_close(rec.best[name], raw[0])  # round 1 won, as the average saw it
     assert (loop.average is None) == (decay == 0)
-
-
-def _cfg(**fed: Any) -> RunConfig:
-    return RunConfig.model_validate(
-        {
-            "mode": "federated",
-            "seed": 1,
-            "model": {"name": "mf", "dim": 8, "init_std": 0.1},
-            "eval": {"ks": [5]},
-            "train": {"monitor": "HR@5"},
-            "federated": {
-                "rounds": 8,
-                "eval_every": 2,
-                "patience": 0,
-                "checkpoint_every": 2,
-                "local": {"epochs": 2, "batch_size": 8, "lr": 0.3, "negatives": 2},
-                **fed,
-            },
-        }
-    )
-
-
-def test_averaging_changes_what_is_released_not_how_clients_train() -> None:
-    split = two_taste_split()
-    plain = train_federated(_cfg(), split)
-    averaged = train_federated(_cfg(ema_decay=0.7), split)
-    assert [r["loss"] for r in averaged.history] == [r["loss"] for r in plain.history]
-    items = "item_emb.weight"
-    released = dict(averaged.model.named_parameters())[items]
-    assert not torch.equal(released, dict(plain.model.named_parameters())[items])
-
-
-def test_killed_averaged_run_resumes_to_the_same_model(tmp_path: Path) -> None:
-    split = two_taste_split()
-    cfg = _cfg(ema_decay=0.8, sampling="poisson", rate=0.5)
-    straight = train_federated(cfg, split, checkpoint_dir=tmp_path / "a")
-
-    class KilledError(Exception):
-        pass
-
-    def kill(record: dict[str, Any]) -> None:
-        if record["round"] == 7:
-            raise KilledError
-
-    with pytest.raises(KilledError):
-        train_federated(cfg, split, checkpoint_dir=tmp_path / "b", on_round=kill)
-    resumed = train_federated(cfg, split, checkpoint_dir=tmp_path / "b", resume=True)
-    assert resumed.resumed_from == 6
-    a = dict(straight.model.named_parameters())
-    for name, p in resumed.model.named_parameters():
-        assert torch.equal(p, a[name]), name
-
-    def timeless(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
-
-    assert timeless(resumed.history) == timeless(straight.history)
