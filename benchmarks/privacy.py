@@ -47,9 +47,10 @@ PINNED = {"ml-1m": ("federated.local.negatives=4",)}
 # 70 rounds at step 10 (0.4869) or 25 (0.4605 at round 60), 30 rounds at 25 (0.4542), and at
 # 50 rounds with 4 negatives 1 local epoch (0.4822), 2 (0.4975), 3 (0.5005), or 1 epoch with
 # 8 negatives (0.4989) or 1 (0.4169). From the chosen recipe, these did not beat it: server
-# step 20 (0.5000), a released moving average, ema_decay 0.8 (0.5088 but test HR@10 0.6215
-# against 0.6233: within noise, so not adopted), FedAvgM (step 1.5, momentum 0.9: 0.3694
-# against 0.4203 at round 15, stopped) and d = 16 (0.4428 against 0.4512 at round 20, stopped).
+# step 20 (0.5000), local step 16 (0.4983), a released moving average, ema_decay 0.8 (0.5088
+# but test HR@10 0.6215 against 0.6233: within noise, so not adopted), FedAvgM (step 1.5,
+# momentum 0.9: 0.3694 against 0.4203 at round 15, stopped) and d = 16 (0.4428 against
+# 0.4512 at round 20, stopped).
 # Without noise (clipping alone) the recipe reaches 0.5510, test HR@10 0.6682.
 # ``--rounds`` overrides the rounds.
 DP_TUNED = {
