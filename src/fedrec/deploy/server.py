@@ -204,7 +204,7 @@ class NetworkRunner:
         round_: int,
         nonce: str,
         traffic: _Traffic,
-        request: Callable[[int], Payload],
+        request: Callable[..., Payload],
         parse: Callable[[Payload], tuple[Any, ...]],
     ) -> Iterator[tuple[int, tuple[Any, ...]]]:
         """Each client's parsed train reply, in client order; an upload ``parse`` rejects is
@@ -226,7 +226,7 @@ class NetworkRunner:
         round_: int,
         nonce: str,
         traffic: _Traffic,
-        request: Any,
+        request: Callable[..., Payload],
     ) -> tuple[Accumulator, list[int]]:
         acc = Accumulator.zeros(self.layout, shared, self.n_items)
         uniform = self.cfg.federated.weighting == "uniform"
@@ -275,7 +275,7 @@ class NetworkRunner:
         round_: int,
         nonce: str,
         traffic: _Traffic,
-        request: Any,
+        request: Callable[..., Payload],
     ) -> tuple[Accumulator, list[int]]:
         total = torch.zeros(self.vector.dim, dtype=torch.float64)
         included, examples, loss_sum = [], 0, 0.0
@@ -301,7 +301,7 @@ class NetworkRunner:
         round_: int,
         nonce: str,
         traffic: _Traffic,
-        request: Any,
+        request: Callable[..., Payload],
     ) -> tuple[Accumulator, list[int]]:
         if not targets:
             raise RoundAbortedError("no selected client is connected")
