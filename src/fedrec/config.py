@@ -186,6 +186,11 @@ class DPConfig(_Section):
     clip_lr: float = Field(0.2, gt=0)
     clip_count_stddev: float | None = Field(None, gt=0)
     """Noise on the count of clients under the clip; None: expected clients / 20."""
+    dropout_allowance: float | None = Field(None, ge=0, le=0.9)
+    """Distributed DP: the fraction of the expected clients that may drop out before a round
+    aborts. Each client adds noise for ``(1 - allowance)`` of them, so the sum over all of them
+    carries ``1 / (1 - allowance)`` times the central noise variance. None:
+    ``federated.dropout + 0.1`` (at most 0.9)."""
 
 
 class LDPConfig(_Section):
@@ -324,6 +329,12 @@ class RunConfig(_Section):
                 raise ValueError(
                     "privacy.dp.mode = 'distributed' needs privacy.secagg.enabled = true "
                     "(without secure aggregation each client's small noise share protects nothing)"
+                )
+            if dp.dropout_allowance is not None and dp.dropout_allowance < fed.dropout:
+                raise ValueError(
+                    f"privacy.dp.dropout_allowance = {dp.dropout_allowance} is below "
+                    f"federated.dropout = {fed.dropout}: most rounds would abort for too few "
+                    "survivors to carry the noise"
                 )
             if fed.weighted_sampling:
                 raise ValueError(

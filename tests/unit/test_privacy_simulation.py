@@ -133,6 +133,22 @@ def test_noise_really_reaches_the_model() -> None:
     assert (a["item_emb.weight"] - b["item_emb.weight"]).abs().max() > 0.1
 
 
+def test_distributed_noise_covers_the_configured_dropout_allowance() -> None:
+    def share(allowance: float | None) -> float:
+        dp = {"enabled": True, "mode": "distributed", "noise_multiplier": 1.0, "clip": 1.0}
+        if allowance is not None:
+            dp["dropout_allowance"] = allowance
+        sim = build_simulation(_cfg({"secagg": {"enabled": True}, "dp": dp}), SPLIT)
+        assert sim.privacy is not None
+        return sim.privacy.client_protection().noise_std
+
+    # default: 10% may drop, so each of the 30 clients adds noise for 27 (all 30 then carry
+    # 30/27 of the central variance); with no allowance, for all 30
+    assert share(None) == pytest.approx(1.0 / 27**0.5)
+    assert share(0.0) == pytest.approx(1.0 / 30**0.5)
+    assert share(0.5) == pytest.approx(1.0 / 15**0.5)
+
+
 def test_local_dp_reports_per_round_and_composed_epsilon() -> None:
     privacy = {"ldp": {"enabled": True, "epsilon": 4.0, "clip": 0.5}}
     res = train_federated(_cfg(privacy, rounds=2), SPLIT)
@@ -194,6 +210,9 @@ def test_privacy_needs_uniform_weighting_and_valid_combinations() -> None:
         _cfg({"dp": {"enabled": True, "mode": "distributed", "noise_multiplier": 1.0}})
     with pytest.raises(ValueError, match="noise_multiplier"):
         _cfg({"dp": {"enabled": True}})
+    with pytest.raises(ValueError, match=r"dropout_allowance = 0\.05 is below"):
+        dp = {"enabled": True, "noise_multiplier": 1.0, "dropout_allowance": 0.05}
+        _cfg({"dp": dp}, dropout=0.2)
 
 
 def test_pseudo_items_join_the_upload_and_both_engines_agree() -> None:

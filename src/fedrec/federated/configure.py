@@ -99,7 +99,9 @@ def make_server_privacy(cfg: RunConfig, n_clients: int) -> ServerPrivacy | None:
             target_quantile=d.target_quantile,
             clip_lr=d.clip_lr,
             clip_count_stddev=d.clip_count_stddev,
-            dropout_allowance=min(0.9, fed.dropout + 0.1),
+            dropout_allowance=(
+                min(0.9, fed.dropout + 0.1) if d.dropout_allowance is None else d.dropout_allowance
+            ),
         )
     return ServerPrivacy(dp, sampling, ldp=ldp, seed=cfg.seed, rounds=fed.rounds)
 
