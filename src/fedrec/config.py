@@ -6,6 +6,7 @@ exactly what produced it.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -186,11 +187,27 @@ class DPConfig(_Section):
     clip_lr: float = Field(0.2, gt=0)
     clip_count_stddev: float | None = Field(None, gt=0)
     """Noise on the count of clients under the clip; None: expected clients / 20."""
+    clip_weights: dict[str, float] = Field(default_factory=dict)
+    """How the clip bound is shared between parameters: each named shared parameter's update
+    (e.g. ``"item_bias.weight"``, ``"global_bias"``) is multiplied by its weight before the
+    upload is clipped and noised and divided by it after, so its noise is ``z C / weight``
+    while it claims ``weight^2`` times its share of the clipped norm. 0 keeps a parameter at
+    its initial value (MF's global bias: every user's private bias absorbs it, and it moves no
+    ranking). Unnamed parameters weigh 1."""
     dropout_allowance: float | None = Field(None, ge=0, le=0.9)
     """Distributed DP: the fraction of the expected clients that may drop out before a round
     aborts. Each client adds noise for ``(1 - allowance)`` of them, so the sum over all of them
     carries ``1 / (1 - allowance)`` times the central noise variance. None:
     ``federated.dropout + 0.1`` (at most 0.9)."""
+
+    @model_validator(mode="after")
+    def _check_clip_weights(self) -> DPConfig:
+        for name, w in self.clip_weights.items():
+            if not (math.isfinite(w) and w >= 0):
+                raise ValueError(
+                    f"privacy.dp.clip_weights[{name!r}] = {w}: weights must be finite and >= 0"
+                )
+        return self
 
 
 class LDPConfig(_Section):
@@ -289,6 +306,11 @@ class RunConfig(_Section):
         if self.federated.item_aggregation != "per-row":
             return None
         return self.privacy.dp.count_scale
+
+    @property
+    def upload_weights(self) -> dict[str, float]:
+        """Each shared parameter's weight inside a clipped upload (user-level DP only)."""
+        return dict(self.privacy.dp.clip_weights) if self.privacy.dp.enabled else {}
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:

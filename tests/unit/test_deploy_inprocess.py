@@ -83,6 +83,27 @@ def test_deployment_computes_the_simulators_model(tmp_path: Path) -> None:
     assert (out / "config.toml").exists() and (out / "metrics.jsonl").exists()
 
 
+def test_deployed_distributed_dp_with_clip_weights_is_the_simulators_model(
+    tmp_path: Path,
+) -> None:
+    """Clients weigh, clip and noise their vectors, the server unweighs the unmasked sum:
+    both sides read the weights from the run's configuration, as the simulator does."""
+    split, cfg = _split(), _cfg(secagg=True, item_aggregation="fedavg")
+    dp = {"enabled": True, "mode": "distributed", "noise_multiplier": 0.3, "clip": 0.5}
+    dp["clip_weights"] = {"global_bias": 0.0, "item_bias.weight": 0.5}
+    cfg = RunConfig.model_validate(
+        {**cfg.model_dump(), "privacy": {**cfg.privacy.model_dump(), "dp": dp}}
+    )
+    summary, out = _serve(cfg, split, tmp_path)
+    train_federated(cfg, split, checkpoint_dir=tmp_path / "sim")
+    shared = torch.load(out / "shared_model.pt", weights_only=True)
+    final = torch.load(tmp_path / "sim" / "checkpoint.pt", weights_only=False)["server"]["shared"]
+    for k, v in shared.items():
+        torch.testing.assert_close(v, final[k], rtol=0, atol=1e-4)
+    assert float(shared["global_bias"]) == 0.0  # weight 0: never aggregated, still at init
+    assert summary["privacy"]["epsilon"] > 0
+
+
 def test_secagg_round_survives_a_client_lost_mid_round(tmp_path: Path) -> None:
     split, cfg = _split(), _cfg(secagg=True, rounds=2)
 

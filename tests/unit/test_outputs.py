@@ -58,3 +58,20 @@ def test_finished_run_matches_the_resolved_config_but_not_threads(tmp_path: Path
     out.write_summary({"test": {"HR@10": 0.5}})
     assert finished_run(cfg.model_copy(update={"threads": 1}), out.path) == {"test": {"HR@10": 0.5}}
     assert finished_run(cfg.model_copy(update={"seed": 4}), out.path) is None
+    # a run written by a fedrec with other options is not this configuration (nor an error)
+    saved = out.path / "config.toml"
+    saved.write_text(saved.read_text() + "\n[privacy.dp]\nretired_option = 1\n")
+    assert finished_run(cfg, out.path) is None
+
+
+def test_a_restarted_run_does_not_look_finished_with_the_replaced_runs_summary(
+    tmp_path: Path,
+) -> None:
+    old = RunConfig.model_validate({"seed": 3})
+    out = RunDirectory(tmp_path / "run")
+    out.write_config(old)
+    out.write_summary({"test": {"HR@10": 0.5}})
+    new = old.model_copy(update={"seed": 4})
+    RunDirectory(tmp_path / "run", overwrite=True).write_config(new)  # then interrupted
+    assert finished_run(new, out.path) is None
+    assert finished_run(old, out.path) is None

@@ -149,6 +149,60 @@ def test_distributed_noise_covers_the_configured_dropout_allowance() -> None:
     assert share(0.5) == pytest.approx(1.0 / 15**0.5)
 
 
+WEIGHTS = {"global_bias": 0.0, "item_bias.weight": 0.25}
+
+
+@pytest.mark.parametrize("mode", ["central", "distributed"])
+def test_clip_weights_share_the_bound_and_weight_zero_is_never_aggregated(mode: str) -> None:
+    """Without noise, a tight clip on the weighted upload gives the same model whether the
+    trusted server clips plain uploads or clients clip their secure-aggregation vectors; weight
+    0 leaves the global bias at its initial value, and the weights really change the clip."""
+
+    def run(weights: dict[str, float], m: str) -> dict[str, torch.Tensor]:
+        dp = {"enabled": True, "mode": m, "noise_multiplier": 0.0, "clip": 0.05}
+        dp["clip_weights"] = weights
+        privacy: dict[str, Any] = {"dp": dp}
+        if m == "distributed":
+            privacy["secagg"] = {"enabled": True}
+        sim = build_simulation(_cfg(privacy, item_aggregation="fedavg"), SPLIT)
+        init = sim.state.shared["global_bias"].clone()
+        shared, _ = _rounds(sim, 2, per_row=False)
+        assert torch.equal(shared["global_bias"], init) == ("global_bias" in weights)
+        return shared
+
+    weighted = run(WEIGHTS, mode)
+    plain = run({}, "central")
+    reference = run(WEIGHTS, "central")
+    for k in weighted:
+        torch.testing.assert_close(weighted[k], reference[k], rtol=0, atol=1e-4)
+    # the embeddings got a larger share of the clip than without weights
+    assert not torch.allclose(weighted["item_emb.weight"], plain["item_emb.weight"], atol=1e-4)
+
+
+def test_central_noise_is_divided_by_each_parameters_clip_weight() -> None:
+    dp = {"enabled": True, "noise_multiplier": 1.0, "clip": 2.0}
+    dp["clip_weights"] = {"global_bias": 0.0, "item_bias.weight": 4.0}
+    sim = build_simulation(_cfg({"dp": dp}), _split(n_users=30, n_items=4000))
+    assert sim.privacy is not None
+    from fedrec.federated.aggregate import Accumulator
+
+    acc = Accumulator.zeros(sim.layout, sim.state.shared, 4000)
+    out = sim.privacy.finalize(acc, 0, [0])
+    assert float(out.item_sum["item_emb.weight"].std()) == pytest.approx(2.0, rel=0.03)
+    assert float(out.item_sum["item_bias.weight"].std()) == pytest.approx(0.5, rel=0.05)
+    assert float(out.dense_sum["global_bias"]) == 0.0
+
+
+def test_clip_weights_must_name_shared_parameters() -> None:
+    dp = {"enabled": True, "noise_multiplier": 1.0, "clip_weights": {"user_emb.weight": 0.0}}
+    with pytest.raises(ValueError, match=r"user_emb.weight.*does not share.*item_emb.weight"):
+        build_simulation(_cfg({"dp": dp}), SPLIT)
+    with pytest.raises(ValueError, match=r"clip_weights\['global_bias'\] = -1.0"):
+        _cfg(
+            {"dp": {"enabled": True, "noise_multiplier": 1.0, "clip_weights": {"global_bias": -1}}}
+        )
+
+
 def test_local_dp_reports_per_round_and_composed_epsilon() -> None:
     privacy = {"ldp": {"enabled": True, "epsilon": 4.0, "clip": 0.5}}
     res = train_federated(_cfg(privacy, rounds=2), SPLIT)

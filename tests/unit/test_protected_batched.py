@@ -29,6 +29,8 @@ VECTOR = UploadVector(
 )
 NO_COUNTS = dataclasses.replace(VECTOR, count_scale=None)
 """Rows averaged over a public denominator: no per-row count segment."""
+WEIGHTED = dataclasses.replace(VECTOR, weights=(("global_bias", 0.0), ("item_bias", 3.0)))
+"""DP clip weights: item biases count three times, the global bias not at all."""
 
 
 def _chunk(n: int, seed: int = 0) -> Chunk:
@@ -50,7 +52,9 @@ def _chunk(n: int, seed: int = 0) -> Chunk:
     )
 
 
-@pytest.mark.parametrize("vector", [VECTOR, NO_COUNTS], ids=["counts", "no-counts"])
+@pytest.mark.parametrize(
+    "vector", [VECTOR, NO_COUNTS, WEIGHTED], ids=["counts", "no-counts", "weighted"]
+)
 def test_build_many_rows_are_exactly_the_per_client_vectors(vector: UploadVector) -> None:
     chunk = _chunk(9)
     n = len(chunk.clients)
@@ -213,3 +217,17 @@ def test_vector_sink_in_batches_equals_one_client_at_a_time(
     total, included = backend.total(np.zeros(0, np.int64))
     assert torch.equal(total, expected)
     assert included.tolist() == clients.tolist()
+
+
+def test_weighted_vectors_clip_the_weighted_norm_and_read_back_unweighted() -> None:
+    chunk = _chunk(1, seed=3)
+    ids, rows, dense = chunk.rows_of(0)
+    vec = WEIGHTED.build(ids, rows, dense)
+    payload = vec[: WEIGHTED.payload_dim]
+    assert WEIGHTED.payload_norm(rows, dense) == pytest.approx(float(payload.norm()))
+    assert WEIGHTED.payload_norm(rows, dense) != pytest.approx(VECTOR.payload_norm(rows, dense))
+    back = WEIGHTED.split(vec)
+    torch.testing.assert_close(back.item_sum["item_bias"][ids], rows["item_bias"])
+    torch.testing.assert_close(back.item_sum["item_emb"][ids], rows["item_emb"])
+    torch.testing.assert_close(back.dense_sum["w"], dense["w"])
+    assert float(back.dense_sum["global_bias"]) == 0.0

@@ -250,7 +250,9 @@ class Device:
         if protection is None:
             out.update(item_ids=upd.item_ids, item_deltas=upd.item_deltas, dense=upd.dense_deltas)
         else:
-            vector = UploadVector.of(trainer.layout, shared, shard.n_items, cfg.upload_count_scale)
+            vector = UploadVector.of(
+                trainer.layout, shared, shard.n_items, cfg.upload_count_scale, cfg.upload_weights
+            )
             prot = _protection(cfg, protection)
             norm = vector.payload_norm(upd.item_deltas, upd.dense_deltas)
             vec = vector.build(

@@ -117,7 +117,9 @@ class NetworkRunner:
         self.config_toml = dump_config(cfg)
         self.timeout = cfg.deploy.reply_timeout_s
         self.max_bytes = int(cfg.deploy.max_upload_mb * 2**20)
-        self.vector = UploadVector.of(layout, shared_template, n_items, cfg.upload_count_scale)
+        self.vector = UploadVector.of(
+            layout, shared_template, n_items, cfg.upload_count_scale, cfg.upload_weights
+        )
         self.run_id = secrets.token_hex(8)
         """Names this run to the clients (each keeps a run's state apart); kept on resume."""
         self.events: list[dict[str, Any]] = []

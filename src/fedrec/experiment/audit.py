@@ -185,7 +185,9 @@ def audit_run(run_dir: Path, *, clients: int = 500, seed: int = 0) -> dict[str, 
     vector = None
     if cfg.privacy.any:
         lay = sim.layout
-        vector = UploadVector.of(lay, state.shared, train.n_items, cfg.upload_count_scale)
+        vector = UploadVector.of(
+            lay, state.shared, train.n_items, cfg.upload_count_scale, cfg.upload_weights
+        )
     inference, view = item_inference(rec, truth, train.n_items, vector)
     out: dict[str, Any] = {
         "run": str(run_dir),

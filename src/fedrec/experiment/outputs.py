@@ -63,6 +63,10 @@ class RunDirectory:
         atomic_write_text(self.path / "metrics.jsonl", "".join(m + "\n" for m in self._metrics))
 
     def write_config(self, cfg: RunConfig) -> None:
+        """Start a run here: an earlier run's summary goes first, so that a summary beside a
+        config always came from that config (a restart interrupted before its own summary
+        must not look finished with the replaced run's results)."""
+        (self.path / "summary.json").unlink(missing_ok=True)
         atomic_write_text(self.path / "config.toml", dump_config(cfg))
 
     def log_metrics(self, record: dict[str, Any]) -> None:
@@ -86,9 +90,13 @@ def finished_run(cfg: RunConfig, path: Path) -> dict[str, Any] | None:
     summary, saved = path / "summary.json", path / "config.toml"
     if not (summary.exists() and saved.exists()):
         return None
-    from fedrec.config import load_config
+    from fedrec.config import ConfigError, load_config
 
-    if cfg.model_dump(exclude={"threads"}) != load_config(saved).model_dump(exclude={"threads"}):
+    try:
+        previous = load_config(saved)
+    except ConfigError:
+        return None  # written by a fedrec whose options differ: not this configuration
+    if cfg.model_dump(exclude={"threads"}) != previous.model_dump(exclude={"threads"}):
         return None
     data: dict[str, Any] = json.loads(summary.read_text())
     return data

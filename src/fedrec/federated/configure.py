@@ -102,6 +102,7 @@ def make_server_privacy(cfg: RunConfig, n_clients: int) -> ServerPrivacy | None:
             dropout_allowance=(
                 min(0.9, fed.dropout + 0.1) if d.dropout_allowance is None else d.dropout_allowance
             ),
+            weights=cfg.upload_weights,
         )
     return ServerPrivacy(dp, sampling, ldp=ldp, seed=cfg.seed, rounds=fed.rounds)
 

@@ -7,7 +7,9 @@ strategy applies:
 
 * central DP adds N(0, (z_Δ C)^2) to every entry of the sum (every item row, every per-row
   count, every dense value: entries no client touched too), distributed DP finds the noise
-  already there (the clients' shares) and checks enough clients survived to carry it;
+  already there (the clients' shares) and checks enough clients survived to carry it; a
+  parameter given clip weight w (``privacy.dp.clip_weights``) was clipped as w times its
+  update, so its share of that noise is z_Δ C / w;
 * with per-row averaging, item rows are averaged over their *noisy* per-row count, and rows
   whose noisy count is under ``min_count`` are left unchanged (post-processing of the noised
   sum: still private). That count's noise is z C / ``count_scale`` clients, and clipping
@@ -24,10 +26,12 @@ strategy applies:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from torch import Tensor
 
 from fedrec.federated import rng
 from fedrec.federated.aggregate import Accumulator
@@ -89,6 +93,9 @@ class DPSettings:
     clip_count_stddev: float | None
     dropout_allowance: float
     """Distributed DP: fraction of the expected clients that may drop before the round aborts."""
+    weights: Mapping[str, float] = field(default_factory=dict)
+    """Per-parameter clip weights (``privacy.dp.clip_weights``): central noise on a
+    parameter's sum is ``std / weight``; weight 0 leaves the parameter unchanged."""
 
 
 class ServerPrivacy:
@@ -203,14 +210,18 @@ class ServerPrivacy:
         else:
             gen = torch.Generator().manual_seed(int(rng.hash64(self.seed, round_, DP_NOISE)))
             std = self.update_noise_multiplier * clip
+            # A parameter of weight w was clipped as w times its update: noise std on the
+            # weighted sum, then divided by w (the same as the vector path's split).
             for name in sorted(acc.item_sum):
-                acc.item_sum[name] += std * torch.randn(acc.item_sum[name].shape, generator=gen)
+                noise = torch.randn(acc.item_sum[name].shape, generator=gen)
+                acc.item_sum[name] = self._weighed_noise(name, acc.item_sum[name], noise, std)
             if dp.count_scale is not None:
                 acc.item_weight += (std / dp.count_scale) * torch.randn(
                     acc.item_weight.shape, generator=gen
                 )
             for name in sorted(acc.dense_sum):
-                acc.dense_sum[name] += std * torch.randn(acc.dense_sum[name].shape, generator=gen)
+                noise = torch.randn(acc.dense_sum[name].shape, generator=gen)
+                acc.dense_sum[name] = self._weighed_noise(name, acc.dense_sum[name], noise, std)
             if self.adaptive is not None:
                 acc.below_centred += self.adaptive.count_noise_std * float(
                     torch.randn((), generator=gen, dtype=torch.float64)
@@ -223,6 +234,15 @@ class ServerPrivacy:
             self.adaptive.update_from_noisy_count(acc.below_centred)
         self.accountant.step(1)
         return acc
+
+    def _weighed_noise(self, name: str, total: Tensor, noise: Tensor, std: float) -> Tensor:
+        """``total`` plus central noise for a parameter of clip weight w: std / w (w = 0: the
+        parameter is not aggregated at all)."""
+        assert self.dp is not None
+        w = float(self.dp.weights.get(name, 1.0))
+        if w == 0.0:
+            return torch.zeros_like(total)
+        return total + (std / w) * noise
 
     # ------------------------------------------------------------------ reporting
     def report(self) -> dict[str, Any]:

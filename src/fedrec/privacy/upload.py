@@ -11,6 +11,8 @@ table*, whatever the client touched, laid out as::
   same protected sum (and, under DP, from a noised count). Absent (``count_scale`` None) when
   rows are averaged over a public denominator (``item_aggregation = "fedavg"``): then they
   would only spend the clipping bound;
+* each parameter's part is multiplied by its weight (``weights``, 1 unless configured), and
+  divided by it again when the sum is read: how the DP clip bound is shared between them;
 * ``1``: the client itself, so a secure sum also counts its participants;
 * ``b - 1/2``: adaptive clipping's centred "my norm was under the clip" bit (Andrew et al.).
 
@@ -23,7 +25,7 @@ the quantisation of secure aggregation that follows.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,16 +92,33 @@ class UploadVector:
     dense_shapes: tuple[tuple[int, ...], ...]
     count_scale: float | None
     """None: no per-row count segment."""
+    weights: tuple[tuple[str, float], ...] = ()
+    """Parameters whose update enters the vector multiplied by a weight other than 1 (and
+    leaves it divided by it): how user-level DP's clip bound is shared between them."""
 
     @staticmethod
     def of(
-        layout: ParamLayout, shared: Params, n_items: int, count_scale: float | None
+        layout: ParamLayout,
+        shared: Params,
+        n_items: int,
+        count_scale: float | None,
+        weights: Mapping[str, float] | None = None,
     ) -> UploadVector:
         if count_scale is not None and not (math.isfinite(count_scale) and count_scale > 0):
             raise ValueError(f"count_scale must be > 0 (or None: no counts), got {count_scale}")
         items = layout.trained(layout.item_rows)
         dense = layout.trained(layout.dense)
         frozen = tuple((n, tuple(shared[n].shape)) for n in layout.item_rows if n in layout.frozen)
+        weights = dict(weights or {})
+        unknown = sorted(set(weights) - set(items) - set(dense))
+        if unknown:
+            raise ValueError(
+                f"privacy.dp.clip_weights names {unknown}, which the model does not share; "
+                f"its shared, trained parameters are {sorted(items + dense)}"
+            )
+        bad = {n: w for n, w in weights.items() if not (math.isfinite(w) and w >= 0)}
+        if bad:
+            raise ValueError(f"privacy.dp.clip_weights must be finite and >= 0, got {bad}")
         return UploadVector(
             item_names=items,
             item_row_shapes=tuple(tuple(shared[n].shape[1:]) for n in items),
@@ -108,7 +127,18 @@ class UploadVector:
             dense_names=dense,
             dense_shapes=tuple(tuple(shared[n].shape) for n in dense),
             count_scale=None if count_scale is None else float(count_scale),
+            weights=tuple(sorted((n, float(w)) for n, w in weights.items() if w != 1.0)),
         )
+
+    def weight(self, name: str) -> float:
+        """The factor ``name``'s update carries inside the vector (1 unless configured)."""
+        return dict(self.weights).get(name, 1.0)
+
+    def _unweigh(self, name: str, part: Tensor) -> Tensor:
+        w = self.weight(name)
+        if w == 1.0:
+            return part
+        return part / w if w > 0 else torch.zeros_like(part)
 
     @property
     def row_width(self) -> int:
@@ -142,11 +172,11 @@ class UploadVector:
         for n in self.item_names:
             r = rows[n].to(torch.float64)
             k = int(r.shape[0])
-            sq += float(r.pow(2).sum())
+            sq += self.weight(n) ** 2 * float(r.pow(2).sum())
         if self.count_scale is not None:
             sq += k * self.count_scale**2
         for n in self.dense_names:
-            sq += float(dense[n].to(torch.float64).pow(2).sum())
+            sq += self.weight(n) ** 2 * float(dense[n].to(torch.float64).pow(2).sum())
         return math.sqrt(sq)
 
     def build(
@@ -163,14 +193,19 @@ class UploadVector:
         out = torch.zeros(self.dim, dtype=torch.float64)
         table = out[: self.n_items * w].view(self.n_items, w)
         if self.item_names:
-            parts = [rows[n].to(torch.float64).reshape(len(item_ids), -1) for n in self.item_names]
+            parts = [
+                rows[n].to(torch.float64).reshape(len(item_ids), -1) * self.weight(n)
+                for n in self.item_names
+            ]
             table[item_ids] = torch.cat(parts, dim=1) * scale
         if self.count_scale is not None:
             out[self.n_items * w : self._dense_start][item_ids] = self.count_scale * scale
         start = self._dense_start
         for n, shape in zip(self.dense_names, self.dense_shapes, strict=True):
             size = math.prod(shape)
-            out[start : start + size] = dense[n].to(torch.float64).reshape(-1) * scale
+            out[start : start + size] = dense[n].to(torch.float64).reshape(-1) * (
+                self.weight(n) * scale
+            )
             start += size
         out[self.payload_dim] = 1.0
         out[self.payload_dim + 1] = below
@@ -215,7 +250,7 @@ class UploadVector:
         if self.item_names:
             table = out[:, : n_items * w].view(b, n_items, w)
             parts = [
-                rows[n].to(torch.float64).reshape(len(ids), math.prod(shape))
+                rows[n].to(torch.float64).reshape(len(ids), math.prod(shape)) * self.weight(n)
                 for n, shape in zip(self.item_names, self.item_row_shapes, strict=True)
             ]
             table[owner, ids] = torch.cat(parts, dim=1) * row_scale[:, None]
@@ -224,8 +259,8 @@ class UploadVector:
         start = self._dense_start
         for n, shape in zip(self.dense_names, self.dense_shapes, strict=True):
             size = math.prod(shape)
-            out[:, start : start + size] = (
-                dense[n].to(torch.float64).reshape(b, size) * scale[:, None]
+            out[:, start : start + size] = dense[n].to(torch.float64).reshape(b, size) * (
+                self.weight(n) * scale[:, None]
             )
             start += size
         out[:, self.payload_dim] = 1.0
@@ -242,7 +277,8 @@ class UploadVector:
         col = 0
         for n, shape in zip(self.item_names, self.item_row_shapes, strict=True):
             size = math.prod(shape)
-            item_sum[n] = table[:, col : col + size].reshape(self.n_items, *shape).float()
+            part = table[:, col : col + size].reshape(self.n_items, *shape)
+            item_sum[n] = self._unweigh(n, part).float()
             col += size
         for n, shape in self.frozen_items:
             item_sum[n] = torch.zeros(shape)
@@ -254,7 +290,7 @@ class UploadVector:
         start = self._dense_start
         for n, shape in zip(self.dense_names, self.dense_shapes, strict=True):
             size = math.prod(shape)
-            dense_sum[n] = t[start : start + size].reshape(shape).float()
+            dense_sum[n] = self._unweigh(n, t[start : start + size].reshape(shape)).float()
             start += size
         return Decoded(
             item_sum=item_sum,

@@ -413,7 +413,7 @@ def make_sinks(
     priv, fed = cfg.privacy, cfg.federated
     if not priv.any and observer is None:
         return None
-    vector = UploadVector.of(layout, shared, n_items, cfg.upload_count_scale)
+    vector = UploadVector.of(layout, shared, n_items, cfg.upload_count_scale, cfg.upload_weights)
     uniform = fed.weighting == "uniform"
     key_holder = None
     if priv.he.enabled:
