@@ -8,7 +8,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -71,6 +71,7 @@ def test_clip_l1() -> None:
     st.floats(1e-3, 1e3),
     st.sampled_from([torch.float32, torch.float64]),
 )
+@example(np.array([[79.2109375]]), 79.2109375, torch.float64)  # norm == clip: left exact
 def test_clip_property(x: np.ndarray, clip: float, dtype: torch.dtype) -> None:
     t = torch.from_numpy(x).to(dtype)
     clipped, norms = clip_updates(t, clip)

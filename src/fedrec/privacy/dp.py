@@ -67,8 +67,9 @@ def _scale_from_norms(norms: Tensor, clip: float, what: str) -> Tensor:
     if not bool(finite.all()):
         row = int(torch.nonzero(~finite)[0, 0])
         raise ValueError(f"{what} of client row {row} is not finite (NaN or inf); cannot clip")
-    # min(1, C / norm); a zero norm gives inf, clamped to 1 (nothing to scale).
-    return torch.clamp(clip / norms, max=1.0)
+    # min(1, C / norm), with rows within the clip left exactly as they are: torch's scalar
+    # division (C * (1 / norm)) can land one ulp under 1 for norm == C.
+    return torch.where(norms > clip, clip / norms, torch.ones_like(norms))
 
 
 def clip_updates(
