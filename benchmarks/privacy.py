@@ -65,7 +65,8 @@ PINNED = {"ml-1m": ("federated.local.negatives=4",)}
 # noise draws: global bias 0 and item biases 1 (0.5024, test 0.6286), 0.3 (0.5048, 0.6308,
 # chosen), 0.1 (0.5009, 0.6258) or 5 (0.3640 against 0.3813 at round 10, stopped); with 0.3,
 # seeds 1 and 2 give 0.5137, 0.6167 and 0.5163, 0.6202 (without weights 0.5109, 0.6152 and
-# 0.5129, 0.6162): every seed gains, test mean 0.6226 against 0.6194. Also not kept (before
+# 0.5129, 0.6162): every seed gains, test mean 0.6226 against 0.6194. With them, ema_decay 0.8
+# gave 0.5045, 0.6296 and 0.5155, 0.6199 on seeds 0 and 1: mixed, not adopted. Not kept (before
 # clip weights): item rows and biases initialised from MF trained centrally on public data
 # (ml-latest-small, MovieIDs matched for 2,932 of 3,706 items): 0.5061, test 0.6185 at 50
 # rounds, 0.5058, 0.6162 at 30 (non-private it gives 0.7035 against 0.7008); refitting each
