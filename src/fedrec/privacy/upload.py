@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -130,9 +131,13 @@ class UploadVector:
             weights=tuple(sorted((n, float(w)) for n, w in weights.items() if w != 1.0)),
         )
 
+    @cached_property
+    def _weight_of(self) -> dict[str, float]:
+        return dict(self.weights)
+
     def weight(self, name: str) -> float:
         """The factor ``name``'s update carries inside the vector (1 unless configured)."""
-        return dict(self.weights).get(name, 1.0)
+        return self._weight_of.get(name, 1.0)
 
     def _unweigh(self, name: str, part: Tensor) -> Tensor:
         w = self.weight(name)
