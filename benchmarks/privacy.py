@@ -2,7 +2,7 @@
 and bytes per round, on the same federated model.
 
     python benchmarks/privacy.py [--data ml-100k ml-1m] [--only NAME ...] [--rounds N]
-                                 [--quick] [--out DIR] [--runs DIR]
+                                 [--seeds N ...] [--quick] [--out DIR] [--runs DIR]
 
 Every setting is a federated run of the data set's FedMF configuration (``configs/``) with
 uniform client weighting (which the mechanisms need; ``none`` uses it too, so rows compare
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -158,9 +159,11 @@ def run_setting(
     threads: int | None = None,
     reuse: bool = True,
     collect_only: bool = False,
+    seed: int | None = None,
 ) -> dict[str, Any] | None:
-    """One setting's row; with ``collect_only``, None unless a finished, audited run of the
-    same configuration is already in ``runs`` (nothing is trained or audited)."""
+    """One setting's row for one seed (None: the configuration's); with ``collect_only``,
+    None unless a finished, audited run of the same configuration is already in ``runs``
+    (nothing is trained or audited)."""
     overrides = [
         'federated.weighting="uniform"',
         "federated.checkpoint_every=1",
@@ -172,8 +175,15 @@ def run_setting(
         overrides.append(f"threads={threads}")
     if rounds is not None:
         overrides.append(f"federated.rounds={rounds}")
-    cfg = load_config(ROOT / "configs" / f"{BASE[data]}.toml", overrides)
+    base = ROOT / "configs" / f"{BASE[data]}.toml"
     out = runs / data / s.name
+    if seed is not None:
+        # The configuration's own seed keeps the plain directory, so runs made before
+        # --seeds existed are reused.
+        if seed != load_config(base, overrides).seed:
+            out = runs / data / f"{s.name}-seed{seed}"
+        overrides.append(f"seed={seed}")
+    cfg = load_config(base, overrides)
     start = time.perf_counter()
     summary = finished_run(cfg, out) if reuse else None
     if collect_only and (summary is None or not (out / AUDIT).exists()):
@@ -210,8 +220,42 @@ def run_setting(
         "bytes_up_per_client": summary["bytes"]["up_per_client_round"],
         "rounds": summary["rounds"],
         "best_round": summary["best_round"],
+        "valid_NDCG@10": summary["valid"]["NDCG@10"],
+        "seed": cfg.seed,
         "wall_s": wall,
     }
+
+
+PER_SEED = ("seed", "HR@10", "NDCG@10", "valid_NDCG@10", "best_round", "attack_auc")
+MEANED = (
+    "HR@10",
+    "NDCG@10",
+    "valid_NDCG@10",
+    "attack_auc",
+    "attack_auc_all_items",
+    "attack_f1",
+    "attack_baseline_f1",
+    "membership_auc",
+    "round_s",
+    "bytes_up_per_client",
+)
+
+
+def combine_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from a setting's runs over several seeds: figures are means over the seeds,
+    ``per_seed`` keeps each run's, and ``HR@10_sd`` is the sample standard deviation. A
+    single run is returned as it is (so results from before ``--seeds`` stay comparable)."""
+    if len(rows) == 1:
+        return rows[0]
+    out = dict(rows[0])
+    for k in MEANED:
+        values = [r[k] for r in rows]
+        out[k] = None if any(v is None for v in values) else statistics.fmean(values)
+    out["HR@10_sd"] = statistics.stdev(r["HR@10"] for r in rows)
+    out["per_seed"] = [{k: r.get(k) for k in PER_SEED} for r in rows]
+    out["seed"] = None
+    out["wall_s"] = sum(r["wall_s"] for r in rows)
+    return out
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -232,6 +276,9 @@ def markdown(rows: list[dict[str, Any]], command: str, m: dict[str, Any]) -> str
         "up to four at a time, so their times carry that contention. SecAgg+ uses the default "
         "k = 2 ceil(log2 n) neighbours (k = 26 on ML-1M's 6,040 clients).",
         "",
+        "A row run over several seeds (`--seeds`) shows the mean over them, its sample",
+        "standard deviation and each seed's HR@10; its other figures are means too.",
+        "",
         "Attack AUC (matched): the client's items against another client's items, both",
         "following the population's popularity, so 0.5 means the server learnt nothing about",
         "this client; (all items): against every other item, which guessing popular items",
@@ -244,8 +291,12 @@ def markdown(rows: list[dict[str, Any]], command: str, m: dict[str, Any]) -> str
     ]
     for r in rows:
         eps = r["epsilon"]
+        hr = f"{r['HR@10']:.4f}"
+        if r.get("per_seed"):
+            each = " / ".join(f"{p['HR@10']:.4f}" for p in r["per_seed"])
+            hr += f" ± {r['HR@10_sd']:.4f} (seeds {each})"
         lines.append(
-            f"| {r['data']} | {r['setting']} | {r['HR@10']:.4f} | {r['NDCG@10']:.4f} "
+            f"| {r['data']} | {r['setting']} | {hr} | {r['NDCG@10']:.4f} "
             f"| {_fmt(r['attack_auc'], '.3f')} | {_fmt(r['attack_auc_all_items'], '.3f')} "
             f"| {_fmt(r['attack_f1'], '.3f')} ({_fmt(r['attack_baseline_f1'], '.3f')}) "
             f"| {_fmt(r['membership_auc'], '.3f')} | {'-' if eps is None else f'{eps:.2f}'} "
@@ -294,6 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--stem", help="results file name under --out (default: privacy, or privacy-quick)"
     )
+    ap.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        help="run each setting once per seed and report the mean (default: the config's seed)",
+    )
     ap.add_argument("--fresh", action="store_true", help="retrain even a finished same run")
     ap.add_argument(
         "--collect",
@@ -310,11 +367,21 @@ def main(argv: list[str] | None = None) -> int:
         for s in SETTINGS:
             if names is not None and s.name not in names:
                 continue
-            row = run_setting(
-                d, s, rounds, args.runs, args.threads, not args.fresh, collect_only=args.collect
-            )
-            if row is not None:
-                rows.append({**row, "command": command})
+            runs = [
+                run_setting(
+                    d,
+                    s,
+                    rounds,
+                    args.runs,
+                    args.threads,
+                    not args.fresh,
+                    collect_only=args.collect,
+                    seed=seed,
+                )
+                for seed in (args.seeds or [None])
+            ]
+            if all(r is not None for r in runs):
+                rows.append({**combine_seeds([r for r in runs if r]), "command": command})
     m = describe_machine()
     stem = args.stem or ("privacy-quick" if args.quick else "privacy")
     all_rows = merge_rows(
