@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fedrec.config import load_config
 from fedrec.experiment.audit import audit_run
 from fedrec.experiment.outputs import RunDirectory, finished_run
@@ -384,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
             ]
             if all(r is not None for r in runs):
                 rows.append({**combine_seeds([r for r in runs if r]), "command": command})
+    if args.threads is not None:
+        # The machine line reports the runs' threads even when every run was reused.
+        torch.set_num_threads(args.threads)
     m = describe_machine()
     stem = args.stem or ("privacy-quick" if args.quick else "privacy")
     all_rows = merge_rows(
