@@ -230,7 +230,7 @@ def run_setting(
     }
 
 
-PER_SEED = ("seed", "HR@10", "NDCG@10", "valid_NDCG@10", "best_round", "attack_auc")
+PER_SEED = ("seed", "HR@10", "NDCG@10", "valid_NDCG@10", "rounds", "best_round", "attack_auc")
 MEANED = (
     "HR@10",
     "NDCG@10",
@@ -295,16 +295,17 @@ def markdown(rows: list[dict[str, Any]], command: str, m: dict[str, Any]) -> str
     ]
     for r in rows:
         eps = r["epsilon"]
-        hr = f"{r['HR@10']:.4f}"
+        hr, rounds = f"{r['HR@10']:.4f}", str(r["rounds"])
         if r.get("per_seed"):
             each = " / ".join(f"{p['HR@10']:.4f}" for p in r["per_seed"])
             hr += f" ± {r['HR@10_sd']:.4f} (seeds {each})"
+            rounds = " / ".join(str(p.get("rounds", "?")) for p in r["per_seed"])
         lines.append(
             f"| {r['data']} | {r['setting']} | {hr} | {r['NDCG@10']:.4f} "
             f"| {_fmt(r['attack_auc'], '.3f')} | {_fmt(r['attack_auc_all_items'], '.3f')} "
             f"| {_fmt(r['attack_f1'], '.3f')} ({_fmt(r['attack_baseline_f1'], '.3f')}) "
             f"| {_fmt(r['membership_auc'], '.3f')} | {'-' if eps is None else f'{eps:.2f}'} "
-            f"| {r['round_s']:.2f} | {r['bytes_up_per_client'] / 1024:.1f} | {r['rounds']} "
+            f"| {r['round_s']:.2f} | {r['bytes_up_per_client'] / 1024:.1f} | {rounds} "
             f"| {r['note']} |"
         )
     lines += ["", machine_markdown(m), ""]
@@ -362,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         help="train nothing: merge the rows of runs already finished and audited in --runs",
     )
     args = ap.parse_args(argv)
+    if args.seeds and len(set(args.seeds)) != len(args.seeds):
+        ap.error(f"--seeds repeats a seed: {args.seeds}")
     data = ["ml-100k"] if args.quick else args.data
     names = QUICK if args.quick and not args.only else args.only
     rounds = 5 if args.quick and args.rounds is None else args.rounds
