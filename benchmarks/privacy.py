@@ -181,14 +181,14 @@ def run_setting(
     if rounds is not None:
         overrides.append(f"federated.rounds={rounds}")
     base = ROOT / "configs" / f"{BASE[data]}.toml"
-    out = runs / data / s.name
-    if seed is not None:
-        # The configuration's own seed keeps the plain directory, so runs made before
-        # --seeds existed are reused.
-        if seed != load_config(base, overrides).seed:
-            out = runs / data / f"{s.name}-seed{seed}"
-        overrides.append(f"seed={seed}")
     cfg = load_config(base, overrides)
+    out = runs / data / s.name
+    if seed is not None and seed != cfg.seed:
+        # The configuration's own seed keeps the plain directory and overrides, so runs made
+        # before --seeds existed are reused.
+        overrides.append(f"seed={seed}")
+        cfg = load_config(base, overrides)
+        out = runs / data / f"{s.name}-seed{seed}"
     start = time.perf_counter()
     summary = finished_run(cfg, out) if reuse else None
     if collect_only and (summary is None or not (out / AUDIT).exists()):
