@@ -78,6 +78,17 @@ PINNED = {"ml-1m": ("federated.local.negatives=4",)}
 # round 20; d = 128 0.4458 against 0.4290 at round 15, stopped) but ends behind: 0.4991, test
 # 0.6055 at round 45. BPR loss instead of BCE: 0.3634 against 0.3912 at round 10, stopped.
 # Three local epochs: 0.5048, test 0.6298 (against 0.5048, 0.6308) at 1.5 times the cost.
+# Also behind the recipe (seed 0): local step 4 (0.4932 against 0.4995 at round 45); at most
+# 100 or 250 of a client's positives per round (0.4768; 0.4787 against 0.4854 at round 30,
+# stopped); decoupled server weight decay 0.02 (0.5064: within noise) or 0.05 (0.4970). All
+# items as negatives through the users' Gramian instead of sampled ones (alpha * mean_j
+# s_uj^2, Krichene et al. 2019: clients upload steps * u'u'^T, 34 x 34 values, and no
+# negative's item row; branch ``gramian-negatives``): best 0.4853 (alpha 1, clip 0.3, its
+# weight 0.004, 80 rounds), against 0.4568-0.4847 at 50 rounds over clip weights 0.001-0.1,
+# clips 0.1-1, alpha 1 or 3 and hybrids with 2 or 4 sampled negatives. Without privacy, same
+# recipe, it reaches 0.5404 at round 50 against 0.5485 with 8 sampled negatives (which swing
+# between 0.38 and 0.55 at server step 15 unclipped) and 0.5653 for the none row's settings:
+# the weaker model costs more than the freed clip bound gives.
 # ``--rounds`` overrides the rounds.
 DP_TUNED = {
     "ml-100k": ('federated.item_aggregation="fedavg"', "federated.server_lr=5.0"),
