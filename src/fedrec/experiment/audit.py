@@ -11,6 +11,8 @@ ones: a model that does not remember its training data cannot tell them apart (A
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,20 +56,44 @@ def _row_and_bias(tables: dict[str, torch.Tensor]) -> tuple[np.ndarray | None, n
     return (torch.cat(rows, dim=1).numpy() if rows else None), bias
 
 
+def _sample_key(seed: int, client: int) -> int:
+    """A client's place in the audit's sample: a keyed hash, so the sample does not depend on
+    the order in which an engine hands clients over (the batched engine sends the busiest
+    clients first, and "the first 300" were then the 300 heaviest users)."""
+    digest = hashlib.blake2b(f"{seed}:{client}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
 @dataclass
 class _Recorder:
-    """Keeps what the server received, for at most ``limit`` clients (plus any sum)."""
+    """Keeps what the server received from a uniform sample of at most ``limit`` clients
+    (those with the smallest keys, whatever their order of arrival), plus any sum."""
 
     limit: int
-    clients: list[Observation] = field(default_factory=list)
+    seed: int = 0
     sums: list[AggregateObservation] = field(default_factory=list)
+    _heap: list[tuple[int, int, Observation]] = field(default_factory=list)
 
     def client(self, obs: Observation) -> None:
-        if len(self.clients) < self.limit:
-            self.clients.append(obs)
+        # A max-heap (negated keys) of the limit smallest keys seen so far.
+        item = (-_sample_key(self.seed, obs.client), obs.client, obs)
+        if len(self._heap) < self.limit:
+            heapq.heappush(self._heap, item)
+        elif item[0] > self._heap[0][0]:
+            heapq.heapreplace(self._heap, item)
+
+    @property
+    def clients(self) -> list[Observation]:
+        """The sampled clients' observations, in id order."""
+        return [o for _, _, o in sorted(self._heap, key=lambda t: t[1])]
 
     def aggregate(self, obs: AggregateObservation) -> None:
         self.sums.append(obs)
+
+    def pick(self, clients: IntArray) -> list[int]:
+        """The sample among ``clients`` (the clients behind a sum), in id order."""
+        keyed = sorted((_sample_key(self.seed, int(c)), int(c)) for c in clients)
+        return sorted(c for _, c in keyed[: self.limit])
 
 
 def item_inference(
@@ -87,7 +113,7 @@ def item_inference(
         obs = rec.sums[0]
         rows, bias = _row_and_bias(dict(obs.layout.split(obs.vector).item_sum))
         shared_scores = aggregate_inference_scores(rows, bias)
-        scored = [(int(c), shared_scores) for c in obs.clients[: rec.limit]]
+        scored = [(c, shared_scores) for c in rec.pick(obs.clients)]
         view = "sum over clients only"
     for o in rec.clients:
         if o.item_ids is not None and o.rows is not None:
@@ -154,7 +180,7 @@ def audit_run(run_dir: Path, *, clients: int = 500, seed: int = 0) -> dict[str, 
         raise ValueError(f"{run_dir} is a centralized run: there is no server to audit")
     prepared = prepare(cfg)
     split = prepared.split
-    rec = _Recorder(limit=clients)
+    rec = _Recorder(limit=clients, seed=seed)
     sim = build_simulation(cfg, split, observer=rec)
     state = sim.state
     if ckpt.exists():
@@ -177,7 +203,7 @@ def audit_run(run_dir: Path, *, clients: int = 500, seed: int = 0) -> dict[str, 
     bounds = np.searchsorted(train.users[order], np.arange(train.n_users + 1))
     observed = [o.client for o in rec.clients]
     if rec.sums:
-        observed = [int(c) for c in rec.sums[0].clients[:clients]]
+        observed = rec.pick(rec.sums[0].clients)
     truth: dict[int, IntArray] = {}
     for c in observed:
         rows = [order[bounds[u] : bounds[u + 1]] for u in sim.partition.users_of(c)]
