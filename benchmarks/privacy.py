@@ -114,6 +114,7 @@ DP_TUNED = {
 }
 DELTA = 1e-6
 AUDIT = "audit.json"
+UNIFORM = "uniform: keyed hash of client ids"
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,7 @@ def run_setting(
         "rounds": summary["rounds"],
         "best_round": summary["best_round"],
         "valid_NDCG@10": summary["valid"]["NDCG@10"],
+        "audit_sample": audit.get("client_sample"),
         "seed": cfg.seed,
         "wall_s": wall,
     }
@@ -278,6 +280,16 @@ def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _old_sample_note(rows: list[dict[str, Any]]) -> str:
+    old = [f"{r['data']} {r['setting']}" for r in rows if r.get("audit_sample") != UNIFORM]
+    if not old:
+        return ""
+    return (
+        f" Audited before that sample existed, and not since ({', '.join(old)}): the first 300 "
+        "clients to reach the server, the lowest ids before commit 1c0b3f8, the busiest after."
+    )
+
+
 def markdown(rows: list[dict[str, Any]], command: str, m: dict[str, Any]) -> str:
     commands = list(dict.fromkeys(r.get("command", command) for r in rows))
     lines = [
@@ -285,8 +297,9 @@ def markdown(rows: list[dict[str, Any]], command: str, m: dict[str, Any]) -> str
         "",
         "Commands: " + "; ".join(f"`{c}`" for c in commands) + ". FedMF, uniform weighting, "
         "test metrics at the best validation round; attack = item inference by the server on "
-        "one replayed round (300 clients); membership = Yeom et al. on the final model (train "
-        "vs held-out interactions).",
+        "one replayed round, against a uniform sample of 300 clients (a keyed hash of their "
+        "ids picks them); membership = Yeom et al. on the final model (train vs held-out "
+        "interactions)." + _old_sample_note(rows),
         "",
         "s / round is wall time on a shared 2-core machine (load average below); ML-1M rows ran "
         "up to four at a time, so their times carry that contention. SecAgg+ uses the default "

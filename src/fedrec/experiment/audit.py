@@ -218,6 +218,7 @@ def audit_run(run_dir: Path, *, clients: int = 500, seed: int = 0) -> dict[str, 
     out: dict[str, Any] = {
         "run": str(run_dir),
         "round_replayed": state.round + 1,
+        "client_sample": "uniform: keyed hash of client ids",
         "server_view": view,
         "item_inference": inference,
     }
