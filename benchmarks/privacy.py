@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from fedrec.config import load_config
-from fedrec.experiment.audit import audit_run
+from fedrec.experiment.audit import CLIENT_SAMPLE, audit_run
 from fedrec.experiment.outputs import RunDirectory, finished_run
 from fedrec.experiment.pipeline import run_experiment
 from fedrec.report.machine import describe_machine, machine_markdown
@@ -114,7 +114,6 @@ DP_TUNED = {
 }
 DELTA = 1e-6
 AUDIT = "audit.json"
-UNIFORM = "uniform: keyed hash of client ids"
 
 
 @dataclass(frozen=True)
@@ -281,7 +280,7 @@ def _fmt(v: Any, spec: str) -> str:
 
 
 def _old_sample_note(rows: list[dict[str, Any]]) -> str:
-    old = [f"{r['data']} {r['setting']}" for r in rows if r.get("audit_sample") != UNIFORM]
+    old = [f"{r['data']} {r['setting']}" for r in rows if r.get("audit_sample") != CLIENT_SAMPLE]
     if not old:
         return ""
     return (

@@ -41,6 +41,9 @@ from fedrec.simulation.protected import AggregateObservation, Observation
 from fedrec.simulation.training import CHECKPOINT, build_simulation
 
 IntArray = npt.NDArray[np.int64]
+CLIENT_SAMPLE = "uniform: keyed hash of client ids"
+"""What ``audit.json`` says of its client sample (audits before it attacked the first clients
+to arrive)."""
 
 
 def _row_and_bias(tables: dict[str, torch.Tensor]) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -218,7 +221,7 @@ def audit_run(run_dir: Path, *, clients: int = 500, seed: int = 0) -> dict[str, 
     out: dict[str, Any] = {
         "run": str(run_dir),
         "round_replayed": state.round + 1,
-        "client_sample": "uniform: keyed hash of client ids",
+        "client_sample": CLIENT_SAMPLE,
         "server_view": view,
         "item_inference": inference,
     }
