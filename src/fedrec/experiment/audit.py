@@ -116,7 +116,7 @@ def item_inference(
         obs = rec.sums[0]
         rows, bias = _row_and_bias(dict(obs.layout.split(obs.vector).item_sum))
         shared_scores = aggregate_inference_scores(rows, bias)
-        scored = [(c, shared_scores) for c in rec.pick(obs.clients)]
+        scored = [(c, shared_scores) for c in truth]  # the sample, picked by audit_run
         view = "sum over clients only"
     for o in rec.clients:
         if o.item_ids is not None and o.rows is not None:
