@@ -27,6 +27,7 @@ from fedrec.models.pfedrec import PFedRec
 from fedrec.models.two_tower import TwoTower
 from fedrec.simulation.engines import BatchedEngine, EngineSettings, PrivateStore, SequentialEngine
 from fedrec.simulation.protected import SparseSink
+from tests.model_names import FEDERATED_MODEL_NAMES
 
 N_USERS, N_ITEMS = 30, 25
 
@@ -103,7 +104,7 @@ def _simulate(
     return state, store
 
 
-@pytest.mark.parametrize("model_name", sorted(MODELS))
+@pytest.mark.parametrize("model_name", sorted(FEDERATED_MODEL_NAMES))
 @pytest.mark.parametrize(
     ("silos", "local"),
     [
