@@ -55,8 +55,8 @@ class NcfTestFiles:
     """The NCF release's ML-1M leave-one-out test: one held-out rating per user and the
     99 sampled negatives it is ranked against.
 
-    Ids are NCF's, which equal :func:`load_ml1m`'s internal ids (user = UserID - 1, item =
-    first appearance in ``ratings.dat``).
+    Ids are NCF's, which equal :func:`~fedrec.data.loaders.movielens.load_ml1m`'s internal
+    ids (user = UserID - 1, item = first appearance in ``ratings.dat``).
     """
 
     users: IntArray
@@ -74,7 +74,7 @@ def load_ncf_ml1m_test(data_dir: Path | None = None, download: bool = True) -> N
     """Read ``ml-1m.test.rating`` and ``ml-1m.test.negative`` and check they agree."""
     source = get_source("ml-1m-ncf")
     folder = locate(source.name, data_dir, download)
-    rating_path = data_file(folder, source, "ml-1m.test.rating")
+    rating_path = data_file(folder, source, NCF_TEST_RATING)
     test = read_delimited(
         rating_path,
         Layout(
@@ -82,7 +82,7 @@ def load_ncf_ml1m_test(data_dir: Path | None = None, download: bool = True) -> N
             (("user", "int"), ("item", "int"), ("rating", "float"), ("timestamp", "int")),
         ),
     )
-    neg_path = data_file(folder, source, "ml-1m.test.negative")
+    neg_path = data_file(folder, source, NCF_TEST_NEGATIVE)
     with open_text(neg_path, "utf-8") as fh:
         first = next(records(fh, Layout("\t", ()), [0]), None)
     if first is None or len(first) < 2:

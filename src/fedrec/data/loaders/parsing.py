@@ -32,9 +32,6 @@ _INT_RE = re.compile(r"\s*[+-]?[0-9]+\s*")
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 
-# ----------------------------------------------------------------------------- parsing core
-
-
 @dataclass(frozen=True)
 class Layout:
     """Shape of a delimited text file: separator, typed fields and optional header."""
