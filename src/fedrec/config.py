@@ -130,8 +130,8 @@ class FederatedConfig(_Section):
     dropout: float = Field(0.0, ge=0, lt=1)
     """Fraction of selected clients that fail before answering."""
     strategy: str = "fedavg"
-    """Server optimiser: a name registered in :data:`fedrec.federated.strategies.STRATEGIES`
-    (fedavg, fedavgm, fedadam, fedyogi, fedadagrad)."""
+    """Server optimiser: a name registered in :data:`fedrec.federated.strategies.STRATEGIES`;
+    it reads the settings below that it names."""
     server_lr: float = Field(1.0, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     beta1: float = Field(0.9, ge=0, lt=1)

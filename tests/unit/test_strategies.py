@@ -4,6 +4,7 @@ name registry the configuration reads, and a toy optimiser added from a test alo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,9 +15,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from fedrec.config import RunConfig
+from fedrec.config import FederatedConfig, RunConfig
+from fedrec.federated.configure import strategy_of
 from fedrec.federated.strategies import (
     STRATEGIES,
+    FedYogi,
     Params,
     State,
     StrategySettings,
@@ -170,6 +173,15 @@ def test_the_configuration_accepts_exactly_the_registered_names() -> None:
         RunConfig.model_validate(_run_cfg("fedsgd"))
     with pytest.raises(ValueError, match="already registered"):
         register("fedavg")(type("Again", (), {}))
+
+
+def test_every_optimiser_setting_is_a_federated_option() -> None:
+    cfg = RunConfig.model_validate(_run_cfg("fedyogi", server_lr=0.3, beta2=0.9, tau=0.01))
+    strat = strategy_of(cfg)
+    assert isinstance(strat, FedYogi)
+    assert (strat.server_lr, strat.beta1, strat.beta2, strat.tau) == (0.3, 0.9, 0.9, 0.01)
+    fields = {f.name for f in dataclasses.fields(StrategySettings)}
+    assert fields <= set(FederatedConfig.model_fields)
 
 
 # ------------------------------------------------------------------ a toy optimiser, in one file

@@ -4,6 +4,8 @@ theirs here, so one configuration means the same thing in both."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from fedrec.config import RunConfig
 from fedrec.data.table import Split
 from fedrec.federated.client import LocalSettings
@@ -48,10 +50,8 @@ def local_settings(cfg: RunConfig) -> LocalSettings:
 
 def strategy_of(cfg: RunConfig) -> Strategy:
     f = cfg.federated
-    settings = StrategySettings(
-        server_lr=f.server_lr, momentum=f.momentum, beta1=f.beta1, beta2=f.beta2, tau=f.tau
-    )
-    return make_strategy(f.strategy, settings)
+    names = (field.name for field in dataclasses.fields(StrategySettings))
+    return make_strategy(f.strategy, StrategySettings(**{n: getattr(f, n) for n in names}))
 
 
 def selection_of(cfg: RunConfig) -> Selection:

@@ -41,7 +41,8 @@ class Strategy(Protocol):
 
 @dataclass(frozen=True)
 class StrategySettings:
-    """Every optimiser hyper-parameter a run can set; each optimiser takes the ones it names."""
+    """Every optimiser hyper-parameter a run can set; each optimiser takes the ones it names.
+    Each field is read from the ``federated`` section of the same name."""
 
     server_lr: float = 1.0
     momentum: float = 0.9
