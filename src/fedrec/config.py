@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from fedrec.federated.strategies import STRATEGIES
 
 
 class _Section(BaseModel):
@@ -120,7 +129,9 @@ class FederatedConfig(_Section):
     weighted_sampling: bool = False
     dropout: float = Field(0.0, ge=0, lt=1)
     """Fraction of selected clients that fail before answering."""
-    strategy: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
+    strategy: str = "fedavg"
+    """Server optimiser: a name registered in :data:`fedrec.federated.strategies.STRATEGIES`;
+    it reads the settings below that it names."""
     server_lr: float = Field(1.0, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     beta1: float = Field(0.9, ge=0, lt=1)
@@ -142,6 +153,13 @@ class FederatedConfig(_Section):
     averages per-round noise, though on ML-1M at epsilon 8 it gained nothing measurable (README);
     0 uses the last round's parameters."""
     local: LocalConfig = Field(default_factory=LocalConfig)
+
+    @field_validator("strategy")
+    @classmethod
+    def _registered_strategy(cls, name: str) -> str:
+        if name not in STRATEGIES:
+            raise ValueError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
+        return name
 
 
 class SecAggConfig(_Section):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from fedrec.config import ModelConfig
 from fedrec.data.table import Interactions
 from fedrec.federated import rng
 from fedrec.federated.client import (
@@ -19,8 +23,10 @@ from fedrec.federated.layout import ParamLayout
 from fedrec.federated.partition import client_groups, cross_device, random_silos
 from fedrec.federated.plan import _stable_argsort
 from fedrec.models.base import Recommender
+from fedrec.models.factory import build_model
 from fedrec.models.mf import MF
 from fedrec.models.pfedrec import PFedRec
+from tests.model_names import FEDERATED_MODEL_NAMES
 
 N_USERS, N_ITEMS = 24, 30
 
@@ -92,6 +98,21 @@ def _update(
     out.update({f"dense/{k}": v for k, v in upd.dense_deltas.items()})
     out.update({f"private/{k}": v for k, v in upd.private.items()})
     return out
+
+
+def test_every_model_on_the_flat_path_is_compared() -> None:
+    """A configurable model that takes the flat gradient path must be in MODELS."""
+    train = dataclasses.replace(
+        _train(),
+        user_features=pd.DataFrame({"age": np.arange(N_USERS) % 7}),
+        item_features=pd.DataFrame({"genre:A": np.arange(N_ITEMS) % 2}),
+    )
+    flat = []
+    for name in FEDERATED_MODEL_NAMES:
+        cfg = ModelConfig(name=name, dim=4, mlp_layers=[8, 4])  # type: ignore[arg-type]
+        if LocalTrainer(build_model(cfg, N_USERS, N_ITEMS, train), LocalSettings()).flat:
+            flat.append(name)
+    assert flat and set(flat) <= set(MODELS), flat
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -22,7 +22,6 @@ from fedrec.data.loaders import (
     load_ml1m,
     load_ml100k,
     load_ml_latest_small,
-    load_ncf_ml1m_test,
     load_table,
 )
 
@@ -340,37 +339,6 @@ def test_filmtrust_bad_line(filmtrust: Path) -> None:
     _write(filmtrust / "filmtrust" / "ratings.txt", "1 1 2\n1 2 4 9\n")
     with pytest.raises(DataFormatError, match="line 2: expected 3 whitespace-separated"):
         load_filmtrust(filmtrust)
-
-
-# ------------------------------------------------------------------------- NCF files
-
-
-def _ncf(tmp_path: Path, negative_lines: str) -> Path:
-    d = tmp_path / "ml-1m" / "ncf-leave-one-out"
-    _write(d / "ml-1m.test.rating", "0\t25\t5\t978824351\n1\t133\t3\t978300174\n")
-    _write(d / "ml-1m.test.negative", negative_lines)
-    return tmp_path
-
-
-def test_ncf_test_files(tmp_path: Path) -> None:
-    root = _ncf(tmp_path, "(0,25)\t1\t2\t3\n(1,133)\t4\t5\t6\n")
-    ncf = load_ncf_ml1m_test(root)
-    assert len(ncf) == 2 and ncf.items.tolist() == [25, 133]
-    assert ncf.negatives.tolist() == [[1, 2, 3], [4, 5, 6]]
-    assert ncf.timestamps.tolist() == [978824351, 978300174]
-
-
-@pytest.mark.parametrize(
-    ("lines", "words"),
-    [
-        ("(0,25)\t1\t2\t3\n(1,134)\t4\t5\t6\n", "line 2: pair (1,134) differs"),
-        ("(0,25)\t1\t2\t3\n1,133\t4\t5\t6\n", "line 2: first field must be '(user,item)'"),
-        ("(0,25)\t1\t2\t3\n(1,133)\t4\t5\n", "line 2: expected 4 tab-separated fields"),
-    ],
-)
-def test_ncf_inconsistent_files(tmp_path: Path, lines: str, words: str) -> None:
-    with pytest.raises(DataFormatError, match=words.replace("(", r"\(").replace(")", r"\)")):
-        load_ncf_ml1m_test(_ncf(tmp_path, lines))
 
 
 # --------------------------------------------------------------------- registry, hashes

@@ -29,6 +29,7 @@ from fedrec.models import (
 from fedrec.models.features import MAX_CATEGORIES, encode_features
 from fedrec.models.pfedrec import PFedRec
 from fedrec.models.two_tower import TwoTower
+from tests.model_names import MODEL_NAMES
 
 N_USERS, N_ITEMS = 7, 11
 
@@ -241,19 +242,25 @@ def test_popularity_ranks_by_training_counts_only() -> None:
         Popularity(N_USERS, N_ITEMS, np.array([0, N_ITEMS]))
 
 
-@pytest.mark.parametrize(
-    ("name", "cls"),
-    [
-        ("popularity", Popularity),
-        ("mf", MF),
-        ("gmf", GMF),
-        ("mlp", MLP),
-        ("neumf", NeuMF),
-        ("pfedrec", PFedRec),
-        ("two-tower", TwoTower),
-    ],
-)
-def test_build_model(name: str, cls: type[Recommender]) -> None:
+MODEL_CLASSES: dict[str, type[Recommender]] = {
+    "popularity": Popularity,
+    "mf": MF,
+    "gmf": GMF,
+    "mlp": MLP,
+    "neumf": NeuMF,
+    "pfedrec": PFedRec,
+    "two-tower": TwoTower,
+}
+
+
+def test_every_configurable_model_is_in_the_shared_checks() -> None:
+    """A model added to the configuration fails here until MODELS exercises it."""
+    assert {MODEL_CLASSES[n] for n in MODEL_NAMES} <= {type(m) for m in MODELS}
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_build_model(name: str) -> None:
+    cls = MODEL_CLASSES[name]
     cfg = ModelConfig(name=name, dim=6, mlp_layers=[10, 4])  # type: ignore[arg-type]
     train = dataclasses.replace(
         _interactions([0], [1]),

@@ -15,7 +15,7 @@ from fedrec.federated.layout import ParamLayout
 from fedrec.federated.loop import LoopSettings, LoopState, moving_average, run_rounds
 from fedrec.federated.selection import Selection
 from fedrec.federated.server import RoundOutcome, ServerState
-from fedrec.federated.strategies import Strategy
+from fedrec.federated.strategies import make_strategy
 from fedrec.models.mf import MF
 
 Params = dict[str, torch.Tensor]
@@ -75,7 +75,7 @@ def test_validation_and_selection_see_the_average_while_training_continues_raw(
     layout = ParamLayout.of(model)
     shared = {k: v.detach().clone() for k, v in model.named_parameters() if k in layout.shared}
     loop = run_rounds(
-        LoopState(server=ServerState.initial(shared, Strategy(), seed=0)),
+        LoopState(server=ServerState.initial(shared, make_strategy("fedavg"), seed=0)),
         LoopSettings(
             rounds=4,
             eval_every=1,
@@ -85,7 +85,7 @@ def test_validation_and_selection_see_the_average_while_training_continues_raw(
             per_row_items=False,
             ema_decay=decay,
         ),
-        strategy=Strategy(),
+        strategy=make_strategy("fedavg"),
         selection=Selection("all"),
         runner=_StepRunner(layout, 5),
         evaluator=(rec := _Recorder()),

@@ -4,7 +4,8 @@ Every split is a pure function of (data, parameters, seed): each random decision
 its own stream, ``default_rng([seed, crc32(purpose)])``, so changing one part (say the
 number of evaluation negatives) does not reshuffle another (which rows are held out).
 
-Rules every split keeps:
+Rules every split keeps (their building blocks are in :mod:`fedrec.data.split_rows`; the
+NCF split lives beside its files, in :mod:`fedrec.data.loaders.ncf`):
 
 * repeated (user, item) rows are collapsed to the latest first (``Split.info`` counts them),
   so a held-out pair never also sits in train;
@@ -20,9 +21,6 @@ import io
 import json
 import logging
 import re
-import warnings
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +28,19 @@ import numpy as np
 import numpy.typing as npt
 
 from fedrec.config import DataConfig
-from fedrec.data.errors import DataFormatError
 from fedrec.data.fetch import cache_dir, data_file, locate
-from fedrec.data.implicit import duplicate_mask
-from fedrec.data.sampling import ComplementSampler, UserItemCSR, raw_id, user_item_csr
+from fedrec.data.loaders.ncf import NCF_TEST_NEGATIVE, NCF_TEST_RATING, ncf_rows, ncf_split
 from fedrec.data.sources import get_source
-from fedrec.data.table import Holdout, IntArray, Interactions, Split
+from fedrec.data.split_rows import (
+    SplitRows,
+    assemble_split,
+    finish_rows,
+    kept_rows,
+    sample_eval_negatives,
+    split_rng,
+    user_sorted,
+)
+from fedrec.data.table import IntArray, Interactions, Split
 from fedrec.utils.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -43,141 +48,28 @@ log = logging.getLogger(__name__)
 SPLIT_FORMAT = 1
 """Bump when any split algorithm changes: it is part of the cache key."""
 
-BoolArray = npt.NDArray[np.bool_]
-
-
-def _rng(seed: int, purpose: str) -> np.random.Generator:
-    return np.random.default_rng([seed % (1 << 64), zlib.crc32(purpose.encode())])
-
-
-@dataclass(frozen=True)
-class _Rows:
-    """A split as row indices into the data: what the cache stores."""
-
-    train_mask: BoolArray
-    valid_rows: IntArray
-    test_rows: IntArray
-    valid_negatives: IntArray | None
-    test_negatives: IntArray | None
-    protocol: str
-    info: dict[str, Any]
-
-
-def _assemble(data: Interactions, rows: _Rows) -> Split:
-    def holdout(idx: IntArray, neg: IntArray | None) -> Holdout:
-        return Holdout(
-            users=data.users[idx].astype(np.int64),
-            items=data.items[idx].astype(np.int64),
-            ratings=data.ratings[idx].astype(np.float32),
-            negatives=None if neg is None else neg.astype(np.int64),
-        )
-
-    return Split(
-        train=data.subset(rows.train_mask),
-        valid=holdout(rows.valid_rows, rows.valid_negatives),
-        test=holdout(rows.test_rows, rows.test_negatives),
-        protocol=rows.protocol,
-        info=dict(rows.info),
-    )
-
-
-# --------------------------------------------------------------------------- negatives
-
-
-def sample_eval_negatives(
-    interacted: UserItemCSR,
-    users: IntArray,
-    k: int,
-    rng: np.random.Generator,
-    user_ids: npt.NDArray[np.generic] | None = None,
-) -> IntArray:
-    """``(len(users), k)`` distinct items per row, uniform among items the user never touched.
-
-    ``interacted`` must hold ALL of each user's interactions. Rows come back sorted. A user
-    with fewer than ``k`` such items is an error (sampling with replacement would give that
-    user an easier, different test).
-    """
-    if k < 1:
-        raise ValueError(f"eval_negatives must be >= 1, got {k}")
-    sampler = ComplementSampler(interacted, rng, user_ids)
-    try:
-        return sampler.sample_distinct(users, k)
-    except ValueError as exc:
-        raise ValueError(
-            f"{exc}; lower data.eval_negatives or use the full-ranking protocol"
-        ) from exc
-
-
-def _all_interactions(data: Interactions) -> UserItemCSR:
-    return user_item_csr(data.users, data.items, data.n_users, data.n_items)
-
-
-# --------------------------------------------------------------------------- ordering
-
-
-def _user_sorted(
-    data: Interactions, rows: IntArray, rng: np.random.Generator, by_time: bool
-) -> tuple[IntArray, IntArray]:
-    """``rows`` ordered by (user, time or nothing, seeded tiebreak); plus each row's position
-    from its user's end (0 = the user's last row)."""
-    # Shuffle, then stable sorts: equal keys keep the seeded shuffled order. (Two stable
-    # argsorts are ~4x faster than one np.lexsort on 1M rows.)
-    srt = rows[rng.permutation(len(rows))]
-    if by_time:
-        assert data.timestamps is not None
-        srt = srt[np.argsort(data.timestamps[srt], kind="stable")]
-    srt = srt[np.argsort(data.users[srt], kind="stable")]
-    su = data.users[srt].astype(np.int64)
-    indptr = np.zeros(data.n_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(su, minlength=data.n_users), out=indptr[1:])
-    from_end = indptr[su + 1] - 1 - np.arange(len(srt), dtype=np.int64)
-    return srt, from_end
-
-
-def _kept_rows(data: Interactions) -> tuple[BoolArray, int]:
-    keep = duplicate_mask(data)
-    return keep, int(len(keep) - keep.sum())
-
-
-def _finish(
-    data: Interactions,
-    keep: BoolArray,
-    valid_rows: IntArray,
-    test_rows: IntArray,
-    seed: int,
-    eval_negatives: int,
-    protocol: str,
-    info: dict[str, Any],
-) -> _Rows:
-    train_mask = keep.copy()
-    train_mask[valid_rows] = False
-    train_mask[test_rows] = False
-    interacted = _all_interactions(data)
-    vneg = sample_eval_negatives(
-        interacted,
-        data.users[valid_rows],
-        eval_negatives,
-        _rng(seed, "valid-negatives"),
-        data.user_ids,
-    )
-    tneg = sample_eval_negatives(
-        interacted,
-        data.users[test_rows],
-        eval_negatives,
-        _rng(seed, "test-negatives"),
-        data.user_ids,
-    )
-    info = {"seed": seed, "eval_negatives": eval_negatives, **info}
-    return _Rows(train_mask, valid_rows, test_rows, vneg, tneg, protocol, info)
+__all__ = [
+    "SPLIT_FORMAT",
+    "interactions_digest",
+    "leave_one_out_random",
+    "leave_one_out_time",
+    "make_split",
+    "ncf_split",
+    "ratio_split",
+    "sample_eval_negatives",
+    "split_cache_dir",
+]
 
 
 # --------------------------------------------------------------------------- splits
 
 
-def _leave_one_out_rows(data: Interactions, seed: int, eval_negatives: int, by_time: bool) -> _Rows:
-    keep, n_dup = _kept_rows(data)
-    srt, from_end = _user_sorted(
-        data, np.flatnonzero(keep), _rng(seed, "loo-order"), by_time=by_time
+def _leave_one_out_rows(
+    data: Interactions, seed: int, eval_negatives: int, by_time: bool
+) -> SplitRows:
+    keep, n_dup = kept_rows(data)
+    srt, from_end = user_sorted(
+        data, np.flatnonzero(keep), split_rng(seed, "loo-order"), by_time=by_time
     )
     counts = np.bincount(data.users[srt], minlength=data.n_users)
     eligible = counts[data.users[srt]] >= 3
@@ -190,7 +82,7 @@ def _leave_one_out_rows(data: Interactions, seed: int, eval_negatives: int, by_t
         "users_without_interactions": int(data.n_users - active),
     }
     protocol = "loo-time" if by_time else "loo-random"
-    return _finish(data, keep, valid_rows, test_rows, seed, eval_negatives, protocol, info)
+    return finish_rows(data, keep, valid_rows, test_rows, seed, eval_negatives, protocol, info)
 
 
 def _require_timestamps(data: Interactions) -> None:
@@ -208,25 +100,25 @@ def leave_one_out_time(data: Interactions, seed: int, eval_negatives: int = 99) 
     all in train (``info["users_without_holdout"]``).
     """
     _require_timestamps(data)
-    return _assemble(data, _leave_one_out_rows(data, seed, eval_negatives, by_time=True))
+    return assemble_split(data, _leave_one_out_rows(data, seed, eval_negatives, by_time=True))
 
 
 def leave_one_out_random(data: Interactions, seed: int, eval_negatives: int = 99) -> Split:
     """Per user: one random interaction is test, another validation (for data without time)."""
-    return _assemble(data, _leave_one_out_rows(data, seed, eval_negatives, by_time=False))
+    return assemble_split(data, _leave_one_out_rows(data, seed, eval_negatives, by_time=False))
 
 
 def _ratio_rows(
     data: Interactions, seed: int, test_ratio: float, valid_ratio: float, eval_negatives: int
-) -> _Rows:
+) -> SplitRows:
     if not 0 < test_ratio < 1 or not 0 <= valid_ratio < 1 or test_ratio + valid_ratio >= 1:
         raise ValueError(
             f"need 0 < test_ratio < 1, 0 <= valid_ratio < 1 and a sum below 1; got "
             f"test_ratio = {test_ratio}, valid_ratio = {valid_ratio}"
         )
-    keep, n_dup = _kept_rows(data)
+    keep, n_dup = kept_rows(data)
     by_time = data.timestamps is not None
-    srt, from_end = _user_sorted(data, np.flatnonzero(keep), _rng(seed, "ratio-order"), by_time)
+    srt, from_end = user_sorted(data, np.flatnonzero(keep), split_rng(seed, "ratio-order"), by_time)
     n_u = np.bincount(data.users[srt], minlength=data.n_users).astype(np.int64)
     # Round half up; a user always keeps at least one training row, losing validation first.
     n_test = np.floor(test_ratio * n_u + 0.5 + 1e-9).astype(np.int64)
@@ -245,7 +137,7 @@ def _ratio_rows(
         "users_without_test": int((active & (n_test == 0)).sum()),
         "users_without_valid": int((active & (n_valid == 0)).sum()),
     }
-    return _finish(data, keep, valid_rows, test_rows, seed, eval_negatives, "ratio", info)
+    return finish_rows(data, keep, valid_rows, test_rows, seed, eval_negatives, "ratio", info)
 
 
 def ratio_split(
@@ -260,278 +152,7 @@ def ratio_split(
 
     Counts are ``round(ratio * n)`` (half up); every user keeps at least one training row.
     """
-    return _assemble(data, _ratio_rows(data, seed, test_ratio, valid_ratio, eval_negatives))
-
-
-# --------------------------------------------------------------------------- NCF (He et al.)
-
-NCF_TEST_RATING = "ml-1m.test.rating"
-NCF_TEST_NEGATIVE = "ml-1m.test.negative"
-_NCF_PAIR = re.compile(r"^\((\d+),(\d+)\)$")
-
-
-def _int_ids(ids: npt.NDArray[np.generic], what: str, name: str) -> IntArray:
-    try:
-        return np.asarray(ids).astype(np.int64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"ncf split: data set {name!r} has non-integer raw {what} ids ({exc}); it needs "
-            "ML-1M as loaded from ratings.dat"
-        ) from exc
-
-
-def _read_ncf_test(path: Path) -> tuple[IntArray, IntArray]:
-    """NCF user and item ids of ``ml-1m.test.rating``, with per-line validation."""
-    if not path.is_file():
-        raise FileNotFoundError(f"ncf split: {path} does not exist")
-    users: list[int] = []
-    items: list[int] = []
-    with path.open(encoding="utf-8") as fh:
-        for no, line in enumerate(fh, start=1):
-            parts = line.rstrip("\r\n").split("\t")
-            if parts == [""]:
-                continue
-            if len(parts) != 4:
-                raise DataFormatError(
-                    path,
-                    no,
-                    f"expected 4 tab-separated fields (user item rating time), got {len(parts)}",
-                )
-            try:
-                u, i = int(parts[0]), int(parts[1])
-                float(parts[2])
-                int(parts[3])
-            except ValueError as exc:
-                raise DataFormatError(path, no, f"not a number: {exc}") from exc
-            if u < 0 or i < 0:
-                raise DataFormatError(path, no, f"negative id (user {u}, item {i})")
-            users.append(u)
-            items.append(i)
-    if not users:
-        raise DataFormatError(path, None, "no test rows")
-    return np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
-
-
-def _read_ncf_negatives(path: Path) -> tuple[IntArray, IntArray, IntArray]:
-    """Header pairs and the negatives matrix of ``ml-1m.test.negative``."""
-    if not path.is_file():
-        raise FileNotFoundError(f"ncf split: {path} does not exist")
-    users: list[int] = []
-    items: list[int] = []
-    negs: list[list[int]] = []
-    with path.open(encoding="utf-8") as fh:
-        for no, line in enumerate(fh, start=1):
-            parts = line.rstrip("\r\n").split("\t")
-            if parts == [""]:
-                continue
-            m = _NCF_PAIR.match(parts[0])
-            if m is None:
-                raise DataFormatError(path, no, f"first field {parts[0]!r} is not '(user,item)'")
-            try:
-                row = [int(x) for x in parts[1:]]
-            except ValueError as exc:
-                raise DataFormatError(path, no, f"negative item is not an integer: {exc}") from exc
-            if negs and len(row) != len(negs[0]):
-                raise DataFormatError(
-                    path, no, f"{len(row)} negatives, but line 1 has {len(negs[0])}"
-                )
-            if not row:
-                raise DataFormatError(path, no, "no negatives")
-            if min(row) < 0:
-                raise DataFormatError(path, no, f"negative item id {min(row)}")
-            users.append(int(m.group(1)))
-            items.append(int(m.group(2)))
-            negs.append(row)
-    if not negs:
-        raise DataFormatError(path, None, "no lines")
-    return (
-        np.asarray(users, dtype=np.int64),
-        np.asarray(items, dtype=np.int64),
-        np.asarray(negs, dtype=np.int64),
-    )
-
-
-def _ncf_item_order(data: Interactions) -> IntArray:
-    """Internal item ids in order of first appearance in the data's row order (= NCF id)."""
-    order = np.argsort(data.items, kind="stable")
-    s = data.items[order]
-    starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1]))) if len(s) else order[:0]
-    first_row = order[starts]
-    return s[starts][np.argsort(first_row)].astype(np.int64)
-
-
-def _ncf_rows(data: Interactions, ncf_dir: Path, seed: int) -> _Rows:
-    rating_path = ncf_dir / NCF_TEST_RATING
-    negative_path = ncf_dir / NCF_TEST_NEGATIVE
-    t_users, t_items = _read_ncf_test(rating_path)
-    n_users_ncf, n_items_ncf, negs = _read_ncf_negatives(negative_path)
-    hint = "the ncf split needs the complete ML-1M ratings in file order (no implicit_threshold)"
-
-    # NCF ids -> internal ids, through the raw ids.
-    raw_users = _int_ids(data.user_ids, "user", data.name)
-    lookup = np.full(int(raw_users.max(initial=0)) + 2, -1, dtype=np.int64)
-    lookup[raw_users] = np.arange(len(raw_users), dtype=np.int64)
-    ncf_items = _ncf_item_order(data)
-
-    def user_of(ncf_u: IntArray, path: Path, lines: IntArray) -> IntArray:
-        raw = ncf_u + 1
-        ok = raw < len(lookup)
-        out = np.full(len(raw), -1, dtype=np.int64)
-        out[ok] = lookup[raw[ok]]
-        if (out < 0).any():
-            j = int(np.flatnonzero(out < 0)[0])
-            raise DataFormatError(
-                path,
-                int(lines[j]),
-                f"NCF user {int(ncf_u[j])} (raw UserID {int(raw[j])}) is "
-                f"not in data set {data.name!r}",
-            )
-        return out
-
-    def item_of(ncf_i: IntArray, path: Path, lines: IntArray) -> IntArray:
-        bad = ncf_i >= len(ncf_items)
-        if bad.any():
-            j = int(np.flatnonzero(bad)[0])
-            raise DataFormatError(
-                path,
-                int(lines[j]),
-                f"NCF item {int(ncf_i[j])} does not exist: the data has "
-                f"{len(ncf_items)} distinct items ({hint})",
-            )
-        return ncf_items[ncf_i]
-
-    t_lines = np.arange(1, len(t_users) + 1)
-    test_u = user_of(t_users, rating_path, t_lines)
-    test_i = item_of(t_items, rating_path, t_lines)
-    seen = np.zeros(data.n_users, dtype=np.int64)
-    np.add.at(seen, test_u, 1)
-    if (seen > 1).any():
-        bad_u = int(np.flatnonzero(seen > 1)[0])
-        line = int(np.flatnonzero(test_u == bad_u)[1]) + 1
-        raise DataFormatError(rating_path, line, f"second test row for NCF user {bad_u}")
-
-    # Locate each test pair among the (deduplicated) rows.
-    keep, n_dup = _kept_rows(data)
-    kept = np.flatnonzero(keep)
-    keys = data.users[kept].astype(np.int64) * data.n_items + data.items[kept]
-    order = np.argsort(keys)
-    skeys = keys[order]
-    q = test_u * data.n_items + test_i
-    pos = np.minimum(np.searchsorted(skeys, q), max(len(skeys) - 1, 0))
-    found = skeys[pos] == q if len(skeys) else np.zeros(len(q), dtype=bool)
-    if not found.all():
-        j = int(np.flatnonzero(~found)[0])
-        raw_u, raw_i = raw_id(data.user_ids, int(test_u[j])), raw_id(data.item_ids, int(test_i[j]))
-        raise DataFormatError(
-            rating_path,
-            j + 1,
-            f"test pair (NCF user {int(t_users[j])}, item {int(t_items[j])}) "
-            f"= (UserID {raw_u!r}, item {raw_i!r}) is not "
-            f"among the ratings of {data.name!r} ({hint})",
-        )
-    test_rows = kept[order[pos]]
-
-    # Negatives: one line per test pair, matched by user.
-    n_lines = np.arange(1, len(n_users_ncf) + 1)
-    neg_u = user_of(n_users_ncf, negative_path, n_lines)
-    neg_header_i = item_of(n_items_ncf, negative_path, n_lines)
-    row_of_user = np.full(data.n_users, -1, dtype=np.int64)
-    row_of_user[test_u] = np.arange(len(test_u))
-    mismatch = (row_of_user[neg_u] < 0) | (
-        test_i[np.maximum(row_of_user[neg_u], 0)] != neg_header_i
-    )
-    if mismatch.any():
-        j = int(np.flatnonzero(mismatch)[0])
-        raise DataFormatError(
-            negative_path,
-            j + 1,
-            f"pair ({int(n_users_ncf[j])},{int(n_items_ncf[j])}) is not a "
-            f"test pair of {rating_path.name}",
-        )
-    first_line = np.full(data.n_users, -1, dtype=np.int64)
-    for j in range(len(neg_u)):  # one line per user; 6,040 lines, so a plain loop is fine
-        u = int(neg_u[j])
-        if first_line[u] >= 0:
-            raise DataFormatError(
-                negative_path,
-                j + 1,
-                f"second line for pair ({int(n_users_ncf[j])},"
-                f"{int(n_items_ncf[j])}) (first on line {int(first_line[u]) + 1})",
-            )
-        first_line[u] = j
-    if (first_line[test_u] < 0).any():
-        j = int(np.flatnonzero(first_line[test_u] < 0)[0])
-        raise DataFormatError(
-            negative_path,
-            None,
-            f"no line for test pair ({int(t_users[j])},{int(t_items[j])}) of {rating_path.name}",
-        )
-    flat = negs.reshape(-1)
-    neg_lines = np.repeat(n_lines, negs.shape[1])
-    test_neg = np.empty_like(negs)
-    test_neg[row_of_user[neg_u]] = item_of(flat, negative_path, neg_lines).reshape(negs.shape)
-
-    interacted = _all_interactions(data)
-    k = negs.shape[1]
-    in_pos = interacted.contains(np.repeat(test_u[:, None], k, axis=1), test_neg)
-    is_target = test_neg == test_i[:, None]
-    n_target = int(is_target.sum())
-    n_bad = int((in_pos & ~is_target).sum())
-    srt_neg = np.sort(test_neg, axis=1)
-    n_rep = int((srt_neg[:, 1:] == srt_neg[:, :-1]).sum())
-    if n_bad:
-        warnings.warn(
-            f"{negative_path}: {n_bad} test negatives are items the user interacted with",
-            stacklevel=3,
-        )
-
-    # Validation: one random training interaction per user with at least two of them.
-    is_test = np.zeros(len(data), dtype=bool)
-    is_test[test_rows] = True
-    train_rows = np.flatnonzero(keep & ~is_test)
-    srt, from_end = _user_sorted(data, train_rows, _rng(seed, "ncf-valid"), by_time=False)
-    n_train = np.bincount(data.users[srt], minlength=data.n_users)
-    pick = (from_end == 0) & (n_train[data.users[srt]] >= 2)
-    valid_rows = srt[pick]
-    # Hold-outs in user order, like the other splits.
-    t_order = np.argsort(test_u, kind="stable")
-    test_rows, test_neg = test_rows[t_order], test_neg[t_order]
-    vneg = sample_eval_negatives(
-        interacted, data.users[valid_rows], k, _rng(seed, "valid-negatives"), data.user_ids
-    )
-    train_mask = keep & ~is_test
-    train_mask[valid_rows] = False
-    active = int((np.bincount(data.users, minlength=data.n_users) > 0).sum())
-    info: dict[str, Any] = {
-        "seed": seed,
-        "eval_negatives": k,
-        "duplicate_rows_dropped": n_dup,
-        "ncf_test_negatives_equal_target": n_target,
-        "ncf_test_negatives_in_positives": n_bad,
-        "ncf_test_negatives_repeated": n_rep,
-        "ncf_item_ids_equal_internal": bool(np.array_equal(ncf_items, np.arange(len(ncf_items)))),
-        "users_without_test": active - len(test_rows),
-        "users_without_valid": active - len(valid_rows),
-    }
-    return _Rows(train_mask, valid_rows, test_rows, vneg, test_neg, "ncf", info)
-
-
-def ncf_split(data: Interactions, ncf_dir: Path, seed: int) -> Split:
-    """The ML-1M leave-one-out test of He et al. (2017), with its published 99 negatives.
-
-    Test: the pair in ``ml-1m.test.rating`` (NCF user = UserID - 1, NCF item = the MovieID's
-    order of first appearance in ``ratings.dat``) ranked against its line of
-    ``ml-1m.test.negative``. Validation: one random remaining interaction per user, with
-    as many seeded negatives as the test has. Train: everything else.
-
-    The published negatives are kept verbatim. In 156 of the 6,040 lines the test item
-    itself is among its 99 negatives (NCF excluded only training items when sampling);
-    ``info["ncf_test_negatives_equal_target"]`` counts them, and the sampled evaluation
-    ignores a negative equal to its target, exactly as NCF's own evaluation (a dict keyed
-    by item) does. Negatives that are any OTHER positive of the user are counted in
-    ``info["ncf_test_negatives_in_positives"]`` and warned about (0 for the published files).
-    """
-    return _assemble(data, _ncf_rows(data, Path(ncf_dir), seed))
+    return assemble_split(data, _ratio_rows(data, seed, test_ratio, valid_ratio, eval_negatives))
 
 
 # --------------------------------------------------------------------------- cache + dispatch
@@ -562,7 +183,7 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
 
 
-def _compute(data: Interactions, cfg: DataConfig, seed: int, ncf_dir: Path | None) -> _Rows:
+def _compute(data: Interactions, cfg: DataConfig, seed: int, ncf_dir: Path | None) -> SplitRows:
     if cfg.split == "loo-time":
         _require_timestamps(data)
         return _leave_one_out_rows(data, seed, cfg.eval_negatives, by_time=True)
@@ -572,7 +193,7 @@ def _compute(data: Interactions, cfg: DataConfig, seed: int, ncf_dir: Path | Non
         return _ratio_rows(data, seed, cfg.test_ratio, cfg.valid_ratio, cfg.eval_negatives)
     if cfg.split == "ncf":
         assert ncf_dir is not None
-        return _ncf_rows(data, ncf_dir, seed)
+        return ncf_rows(data, ncf_dir, seed)
     raise ValueError(f"unknown data.split {cfg.split!r}")
 
 
@@ -584,7 +205,7 @@ def _neg_dtype(n_items: int) -> type[np.unsignedinteger[Any]]:
     return np.uint64
 
 
-def _save(path: Path, key: str, data: Interactions, rows: _Rows) -> None:
+def _save(path: Path, key: str, data: Interactions, rows: SplitRows) -> None:
     dt = _neg_dtype(data.n_items)
     arrays: dict[str, npt.NDArray[Any]] = {
         "key": np.array(key),
@@ -606,7 +227,7 @@ def _save(path: Path, key: str, data: Interactions, rows: _Rows) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _load(path: Path, key: str, data: Interactions) -> _Rows | None:
+def _load(path: Path, key: str, data: Interactions) -> SplitRows | None:
     """The cached split, or None when missing, stale or damaged in any way."""
     if not path.is_file():
         return None
@@ -639,7 +260,7 @@ def _load(path: Path, key: str, data: Interactions) -> _Rows | None:
         return None
     if not isinstance(info, dict):
         return None
-    return _Rows(train_mask, valid_rows, test_rows, negs[0], negs[1], protocol, info)
+    return SplitRows(train_mask, valid_rows, test_rows, negs[0], negs[1], protocol, info)
 
 
 def _safe(name: str) -> str:
@@ -682,4 +303,4 @@ def make_split(
             _save(path, key, data, rows)
         except OSError as exc:  # a read-only cache must not stop a run
             log.warning("could not write split cache %s: %s", path, exc)
-    return _assemble(data, rows)
+    return assemble_split(data, rows)

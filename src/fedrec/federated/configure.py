@@ -4,13 +4,15 @@ theirs here, so one configuration means the same thing in both."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from fedrec.config import RunConfig
 from fedrec.data.table import Split
 from fedrec.federated.client import LocalSettings
 from fedrec.federated.loop import LoopSettings
 from fedrec.federated.partition import Partition, by_column, cross_device, random_silos
 from fedrec.federated.selection import Selection
-from fedrec.federated.strategies import Strategy
+from fedrec.federated.strategies import Strategy, StrategySettings, make_strategy
 from fedrec.privacy.ldp import LocalDP
 from fedrec.privacy.server import DPSettings, Sampling, ServerPrivacy
 
@@ -48,14 +50,8 @@ def local_settings(cfg: RunConfig) -> LocalSettings:
 
 def strategy_of(cfg: RunConfig) -> Strategy:
     f = cfg.federated
-    return Strategy(
-        f.strategy,
-        server_lr=f.server_lr,
-        momentum=f.momentum,
-        beta1=f.beta1,
-        beta2=f.beta2,
-        tau=f.tau,
-    )
+    names = (field.name for field in dataclasses.fields(StrategySettings))
+    return make_strategy(f.strategy, StrategySettings(**{n: getattr(f, n) for n in names}))
 
 
 def selection_of(cfg: RunConfig) -> Selection:
