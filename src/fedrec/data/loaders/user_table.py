@@ -161,7 +161,11 @@ def load_table(
             raise DataFormatError(
                 path, None, f"missing column(s) {missing}; the file has {present}"
             )
-        df = pd.read_parquet(path, columns=needed)
+        # ParquetFile reads the columns directly; pd.read_parquet goes through pyarrow's
+        # dataset scanner, whose column projection needs compute kernels that were seen
+        # unregistered ("No function registered with name: make_struct") in a long test run.
+        with pq.ParquetFile(path) as pf:
+            df = pf.read(columns=needed, use_pandas_metadata=False).to_pandas()
 
         def bad_row(r: int, problem: str) -> DataFormatError:
             return DataFormatError(path, None, f"row {r + 1}: {problem}")
