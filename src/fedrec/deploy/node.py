@@ -92,7 +92,8 @@ def _train(device: Device, req: Payload) -> Payload:
         reply.arrays["vector"] = out["vector"].numpy()
     if "secagg/ids" in req.meta:
         params = round_params(req.meta, round_)
-        client = SecAggClient(int(describe(device.shard_dir)["client_id"]), params)
+        cid = int(describe(device.shard_dir)["client_id"])
+        client = SecAggClient(cid, params, min_inputs=int(out["min_inputs"]))
         reply.meta["message"] = client.advertise_keys().to_bytes()
         PendingRound(device.run_dir).put_secrets(round_, export_client(client))
     return reply
