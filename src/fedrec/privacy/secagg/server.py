@@ -240,6 +240,8 @@ class SecAggServer:
         is asked for: no sum is ever unmasked."""
         self._close(_Phase.MASKED, _Phase.UNMASK, "request unmasking")
         p = self.params
+        if len(self._submitted) < max(p.t, self.min_inputs):
+            self._phase = _Phase.DONE  # the round is over: no share may be asked or accepted
         if len(self._submitted) < p.t:
             raise SecAggAbort(
                 f"only {len(self._submitted)} of {p.n} clients submitted a masked input; "
