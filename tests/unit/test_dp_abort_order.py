@@ -19,6 +19,7 @@ from fedrec.deploy.client import ClientError, Device
 from fedrec.deploy.inprocess import InProcessTransport
 from fedrec.deploy.node import handle
 from fedrec.deploy.payload import Payload
+from fedrec.deploy.pending import PendingRound
 from fedrec.deploy.server import serve
 from fedrec.deploy.shards import write_shards
 from fedrec.experiment.outputs import RunDirectory
@@ -289,6 +290,8 @@ class _FlowerLikeTransport(InProcessTransport):
     def __init__(self, devices: dict[int, Device]) -> None:
         super().__init__(devices)
         self.errors: list[tuple[int, str, str]] = []
+        self.pending_after_error: dict[int, int | None] = {}
+        """The round a client still held SecAgg+ secrets for right after it refused."""
 
     def exchange(
         self, kind: str, requests: dict[int, Payload], timeout: float
@@ -299,6 +302,8 @@ class _FlowerLikeTransport(InProcessTransport):
                 out.update(super().exchange(kind, {c: req}, timeout))
             except Exception as err:  # every refusal becomes an error reply
                 self.errors.append((c, str(req.meta.get("stage", kind)), str(err)))
+                run_dir = self.devices[c].state_dir / f"run-{req.meta['run']}"
+                self.pending_after_error[c] = PendingRound(run_dir).round()
                 out[c] = Payload(meta={"error": str(err)})
         return out
 
@@ -421,6 +426,7 @@ def test_deployed_clients_refuse_a_server_that_lowered_m(
     assert sorted(c for c, _, _ in refusals) == [0, 3, 4]  # ... every asked client refused
     assert all("refusing to unmask" in msg and "only 3 inputs" in msg for *_, msg in refusals)
     assert spy.count("receive_unmask_shares", 0) == 0  # no share reached the server
+    assert transport.pending_after_error == {0: None, 3: None, 4: None}  # secrets deleted
     assert "survived unmasking" in records[0]["aborted"] and records[0]["epsilon"] == 0.0
     before, after = rounds[0]
     for k in before:

@@ -80,7 +80,9 @@ def population(cfg: RunConfig) -> int | None:
 
 def min_inputs(cfg: RunConfig) -> int:
     """Distributed DP's m from this client's copy of the configuration: it refuses to help
-    unmask a secure sum over fewer inputs, whatever the server's unmasking request says."""
+    unmask a secure sum over fewer inputs, whatever the server's unmasking request says. The
+    copy arrives with the run's first train request; later ones may not lower m
+    (:attr:`ClientState.min_inputs`)."""
     if not (cfg.privacy.dp.enabled and cfg.privacy.dp.mode == "distributed"):
         return 1
     n = population(cfg)

@@ -15,7 +15,7 @@ from fedrec.deploy.payload import Meta, Payload
 from fedrec.deploy.pending import PendingRound
 from fedrec.deploy.secagg_params import round_params
 from fedrec.deploy.shards import describe
-from fedrec.privacy.secagg import SecAggClient
+from fedrec.privacy.secagg import SecAggAbort, SecAggClient
 from fedrec.privacy.secagg.messages import (
     ForwardedShares,
     MaskingRequest,
@@ -117,7 +117,11 @@ def _secagg(state_dir: Path, req: Payload) -> Payload:
         vec = pending.vector(round_)
         reply = client.masked_input(MaskingRequest.from_bytes(data), vec).to_bytes()
     elif stage == "unmask":
-        reply = client.unmask(UnmaskRequest.from_bytes(data)).to_bytes()
+        try:
+            reply = client.unmask(UnmaskRequest.from_bytes(data)).to_bytes()
+        except SecAggAbort:
+            pending.clear()  # refused for good: no later request of this round gets a share
+            raise
     else:
         raise RefusedError(f"unknown secure-aggregation stage {stage!r}")
     if stage == "unmask":
