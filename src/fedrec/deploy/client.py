@@ -28,7 +28,7 @@ from fedrec.deploy.pending import PendingRound
 from fedrec.deploy.shards import ClientShard, data_fingerprint, describe
 from fedrec.eval.protocols import evaluate_sampled
 from fedrec.federated.client import LocalTrainer, client_update
-from fedrec.federated.configure import local_settings
+from fedrec.federated.configure import local_settings, min_inputs_of
 from fedrec.federated.layout import ParamLayout
 from fedrec.models.base import Recommender
 from fedrec.models.factory import build_model
@@ -69,6 +69,31 @@ def supported(cfg: RunConfig) -> None:
         )
 
 
+def population(cfg: RunConfig) -> int | None:
+    """How many clients the run has, as the configuration says (None: it cannot say)."""
+    if cfg.deploy.min_clients is not None:
+        return cfg.deploy.min_clients
+    if cfg.federated.partition == "random":
+        return cfg.federated.silos
+    return None
+
+
+def min_inputs(cfg: RunConfig) -> int:
+    """Distributed DP's m from this client's copy of the configuration: it refuses to help
+    unmask a secure sum over fewer inputs, whatever the server's unmasking request says. The
+    copy arrives with the run's first train request; later ones may not lower m
+    (:attr:`ClientState.min_inputs`)."""
+    if not (cfg.privacy.dp.enabled and cfg.privacy.dp.mode == "distributed"):
+        return 1
+    n = population(cfg)
+    if n is None:
+        raise ClientError(
+            "distributed DP needs deploy.min_clients (or federated.partition = 'random') so "
+            "that each client can compute the minimum number of inputs in a secure sum"
+        )
+    return min_inputs_of(cfg, n)
+
+
 def initial_model(cfg: RunConfig, n_users: int, n_items: int) -> Recommender:
     """The run's model as the seed initialises it: the same on the server, on every client and
     in the simulator, so their starting points agree bit for bit."""
@@ -103,6 +128,9 @@ class ClientState:
     """The last shared model it received (enough to recommend offline)."""
     config_toml: str = ""
     shard_dir: str = ""
+    min_inputs: int = 1
+    """The highest secure-sum minimum (distributed DP's m) this run's configuration has implied
+    so far: a later configuration may not lower it."""
 
     @staticmethod
     def fresh(shard: ClientShard, cfg: RunConfig, shard_dir: Path) -> ClientState:
@@ -132,6 +160,7 @@ class ClientState:
             "shared": self.shared,
             "config_toml": self.config_toml,
             "shard_dir": self.shard_dir,
+            "min_inputs": self.min_inputs,
         }
         with atomic_open(directory / STATE_FILE, "wb", encoding=None) as fh:
             os.fchmod(fh.fileno(), 0o600)
@@ -154,6 +183,7 @@ class ClientState:
             shared=d["shared"],
             config_toml=str(d["config_toml"]),
             shard_dir=str(d["shard_dir"]),
+            min_inputs=int(d.get("min_inputs", 1)),
         )
 
     def seed(self, cfg: RunConfig) -> int:
@@ -226,6 +256,13 @@ class Device:
         """Train on the broadcast model; returns the upload (sparse rows, or a protected vector
         kept on disk until the masking stage when ``protection`` asks for a dense upload)."""
         shard, cfg, st = self._checked(config_toml)
+        m = min_inputs(cfg)
+        if m < st.min_inputs:
+            raise ClientError(
+                f"this run's configuration now implies secure sums over at least {m} inputs, "
+                f"fewer than the {st.min_inputs} it implied before; refusing to lower it"
+            )
+        st.min_inputs = m
         if round_ < st.round - 1:
             raise ClientError(
                 f"round {round_ + 1} is older than the last round this client trained "
@@ -246,6 +283,7 @@ class Device:
         out: dict[str, Any] = {
             "n_examples": upd.num_examples,
             "loss": upd.loss,
+            "min_inputs": m,
         }
         if protection is None:
             out.update(item_ids=upd.item_ids, item_deltas=upd.item_deltas, dense=upd.dense_deltas)

@@ -15,7 +15,7 @@ from fedrec.deploy.payload import Meta, Payload
 from fedrec.deploy.pending import PendingRound
 from fedrec.deploy.secagg_params import round_params
 from fedrec.deploy.shards import describe
-from fedrec.privacy.secagg import SecAggClient
+from fedrec.privacy.secagg import SecAggAbort, SecAggClient
 from fedrec.privacy.secagg.messages import (
     ForwardedShares,
     MaskingRequest,
@@ -92,7 +92,8 @@ def _train(device: Device, req: Payload) -> Payload:
         reply.arrays["vector"] = out["vector"].numpy()
     if "secagg/ids" in req.meta:
         params = round_params(req.meta, round_)
-        client = SecAggClient(int(describe(device.shard_dir)["client_id"]), params)
+        cid = int(describe(device.shard_dir)["client_id"])
+        client = SecAggClient(cid, params, min_inputs=int(out["min_inputs"]))
         reply.meta["message"] = client.advertise_keys().to_bytes()
         PendingRound(device.run_dir).put_secrets(round_, export_client(client))
     return reply
@@ -116,7 +117,11 @@ def _secagg(state_dir: Path, req: Payload) -> Payload:
         vec = pending.vector(round_)
         reply = client.masked_input(MaskingRequest.from_bytes(data), vec).to_bytes()
     elif stage == "unmask":
-        reply = client.unmask(UnmaskRequest.from_bytes(data)).to_bytes()
+        try:
+            reply = client.unmask(UnmaskRequest.from_bytes(data)).to_bytes()
+        except SecAggAbort:
+            pending.clear()  # refused for good: no later request of this round gets a share
+            raise
     else:
         raise RefusedError(f"unknown secure-aggregation stage {stage!r}")
     if stage == "unmask":

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from fedrec.config import RunConfig, dump_config
-from fedrec.deploy.client import initial_model, supported
+from fedrec.deploy.client import initial_model, population, supported
 from fedrec.deploy.payload import Meta, Params, Payload
 from fedrec.deploy.secagg_params import round_params
 from fedrec.deploy.shards import data_fingerprint
@@ -50,7 +50,7 @@ from fedrec.federated.configure import (
     strategy_of,
 )
 from fedrec.federated.layout import ParamLayout
-from fedrec.federated.loop import LoopState, run_rounds
+from fedrec.federated.loop import LoopState, aborted_rounds, run_rounds
 from fedrec.federated.server import RoundAbortedError, RoundOutcome, ServerState
 from fedrec.privacy.secagg import SecAggAbort, SecAggError, SecAggServer
 from fedrec.privacy.secagg.messages import (
@@ -319,7 +319,12 @@ class NetworkRunner:
             "secagg/seed": session_seed,
         }
         params = round_params(public, round_)
-        server = SecAggServer(params)
+        # Distributed DP's m: the server stops the round before any unmasking request when
+        # fewer masked inputs arrive (each client checks the same bound itself).
+        min_inputs = 1
+        if self.privacy is not None and self.privacy.dp is not None and self.privacy.dp.distributed:
+            min_inputs = self.privacy.min_survivors()
+        server = SecAggServer(params, min_inputs=min_inputs)
 
         def feed(replies: dict[int, Payload], parse: Any, deliver: Any) -> None:
             for c in sorted(replies):
@@ -451,10 +456,9 @@ def _wait_for_clients(transport: Transport, n: int, timeout: float) -> dict[int,
 
 
 def expected_clients(cfg: RunConfig) -> int:
-    if cfg.deploy.min_clients is not None:
-        return cfg.deploy.min_clients
-    if cfg.federated.partition == "random":
-        return cfg.federated.silos
+    n = population(cfg)
+    if n is not None:
+        return n
     raise DeployError(
         "set deploy.min_clients: with federated.partition = "
         f"{cfg.federated.partition!r} the server cannot know how many clients the partition has"
@@ -577,6 +581,7 @@ def serve(
             "down_per_client_round": float(np.mean(per_client_down)) if per_client_down else 0.0,
         },
         "stop_reason": loop.stop_reason,
+        "aborted_rounds": aborted_rounds(loop.history),
         "events": len(runner.events),
         "uploads": {
             "form": (

@@ -17,6 +17,7 @@ from fedrec.data.loaders import load_dataset, load_table
 from fedrec.data.splits import make_split
 from fedrec.data.table import Interactions, Split
 from fedrec.experiment.outputs import RunDirectory
+from fedrec.federated.loop import aborted_rounds
 from fedrec.report.plots import plot_learning_curves
 from fedrec.simulation.training import FederatedResult, train_federated
 from fedrec.training.centralized import TrainResult, train_centralized
@@ -105,6 +106,7 @@ def summarize(
         if result.resumed_from is not None:
             summary["resumed_from_round"] = result.resumed_from
         summary["stop_reason"] = result.stop_reason
+        summary["aborted_rounds"] = aborted_rounds(result.history)
         if result.privacy is not None:
             summary["privacy"] = result.privacy
         summary["uploads"] = _uploads(cfg)

@@ -13,6 +13,7 @@ from fedrec.federated.loop import LoopSettings
 from fedrec.federated.partition import Partition, by_column, cross_device, random_silos
 from fedrec.federated.selection import Selection
 from fedrec.federated.strategies import Strategy, StrategySettings, make_strategy
+from fedrec.privacy.dp import min_survivors
 from fedrec.privacy.ldp import LocalDP
 from fedrec.privacy.server import DPSettings, Sampling, ServerPrivacy
 
@@ -66,6 +67,24 @@ def selection_of(cfg: RunConfig) -> Selection:
     )
 
 
+def dropout_allowance(cfg: RunConfig) -> float:
+    """``privacy.dp.dropout_allowance``, or its default ``federated.dropout + 0.1`` (<= 0.9)."""
+    d, fed = cfg.privacy.dp, cfg.federated
+    return min(0.9, fed.dropout + 0.1) if d.dropout_allowance is None else d.dropout_allowance
+
+
+def min_inputs_of(cfg: RunConfig, n_clients: int) -> int:
+    """Distributed DP's m (1 otherwise): the fewest masked inputs a secure sum may cover. A
+    deployed client computes it from its own copy of the configuration, as the server does."""
+    priv, fed = cfg.privacy, cfg.federated
+    if not (priv.dp.enabled and priv.dp.mode == "distributed"):
+        return 1
+    sampling = Sampling.of(
+        fed.sampling, n_clients, fraction=fed.fraction, count=fed.count, rate=fed.rate
+    )
+    return min_survivors(sampling.expected_clients, dropout_allowance(cfg))
+
+
 def make_server_privacy(cfg: RunConfig, n_clients: int) -> ServerPrivacy | None:
     """The server's DP state for a run (None when neither DP nor LDP is on)."""
     priv, fed = cfg.privacy, cfg.federated
@@ -95,9 +114,7 @@ def make_server_privacy(cfg: RunConfig, n_clients: int) -> ServerPrivacy | None:
             target_quantile=d.target_quantile,
             clip_lr=d.clip_lr,
             clip_count_stddev=d.clip_count_stddev,
-            dropout_allowance=(
-                min(0.9, fed.dropout + 0.1) if d.dropout_allowance is None else d.dropout_allowance
-            ),
+            dropout_allowance=dropout_allowance(cfg),
             weights=cfg.upload_weights,
         )
     return ServerPrivacy(dp, sampling, ldp=ldp, seed=cfg.seed, rounds=fed.rounds)

@@ -115,6 +115,18 @@ def moving_average(
     return {k: a + step * (shared[k] - a) for k, a in average.items()}
 
 
+def aborted_rounds(history: list[dict[str, Any]]) -> dict[str, int]:
+    """How many rounds aborted, split by whether anything derived from their inputs reached the
+    server first (those are accounted) or nothing did (e.g. stopped before unmasking)."""
+    aborted = [r for r in history if r.get("aborted")]
+    released = sum(bool(r.get("aborted_released")) for r in aborted)
+    return {
+        "total": len(aborted),
+        "nothing_released": len(aborted) - released,
+        "released_and_accounted": released,
+    }
+
+
 def privacy_record(privacy: ServerPrivacy) -> dict[str, Any]:
     """The per-round privacy fields of a metrics record."""
     rep = privacy.report()

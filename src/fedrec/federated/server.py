@@ -85,8 +85,13 @@ class ClientRunner(Protocol):
 
 
 class RoundAbortedError(RuntimeError):
-    """The round released nothing (e.g. too few survivors for secure aggregation or for the
-    distributed DP noise); the shared model stays as it was."""
+    """The round applies no update (e.g. too few survivors for secure aggregation or for the
+    distributed DP noise); the shared model stays as it was. ``released``: whether anything
+    derived from the round's inputs reached the server first (then the round is accounted)."""
+
+    def __init__(self, message: str, *, released: bool = False) -> None:
+        super().__init__(message)
+        self.released = released
 
 
 class Finalizer(Protocol):
@@ -135,7 +140,7 @@ def run_round(
     survivors, dropped = selection.drop(selected, gen)
     new_shared, new_strategy_state = state.shared, state.strategy_state
     loss, examples, up, down = float("nan"), 0, 0, 0
-    aborted = ""
+    aborted, released = "", False
     if len(survivors):
         try:
             outcome = runner.run(survivors, state.shared, state.round, dropped=dropped)
@@ -153,7 +158,7 @@ def run_round(
                     state.shared, delta, state.strategy_state
                 )
         except RoundAbortedError as err:
-            aborted = str(err)
+            aborted, released = str(err), err.released
     n = max(len(survivors), 1)
     report = RoundReport(
         round=state.round + 1,
@@ -170,6 +175,7 @@ def run_round(
     )
     if aborted:
         report.extra["aborted"] = aborted
+        report.extra["aborted_released"] = released
     return (
         ServerState(
             round=state.round + 1,

@@ -8,10 +8,11 @@ so adding or removing a client moves the sum by at most C (replacing one moves i
 * Distributed DP: nobody is trusted with the unnoised sum. Each client adds its own share of
   noise, N(0, (zC)^2 / m), before secure aggregation, so that the sum over at least m
   surviving clients carries at least the central noise. If fewer than m clients survive, the
-  sum would be under-noised; the round must then be aborted (its aggregate discarded, never
-  released and never accounted as private), which :func:`check_survivors` enforces. A client
-  knows its own share, so m must count clients that are honest *and* survive: clients colluding
-  with the server can subtract theirs.
+  sum would be under-noised; the round must then abort before the sum is unmasked, which the
+  secure-aggregation server and each client enforce (``min_inputs``); :func:`check_survivors`
+  is the server's last check on the released sum. A client knows its own share, so m must
+  count clients that are honest *and* survive: clients colluding with the server can subtract
+  theirs.
 * Adaptive clipping (Andrew, Thakkar, McMahan & Ramaswamy, NeurIPS 2021): C tracks a target
   quantile of the update norms, estimated privately from a noised count.
 
@@ -156,6 +157,17 @@ def distributed_noise_std(noise_multiplier: float, clip: float, min_survivors: i
     if isinstance(min_survivors, bool) or not isinstance(min_survivors, int) or min_survivors < 1:
         raise ValueError(f"min_survivors must be an integer >= 1, got {min_survivors!r}")
     return central_noise_std(noise_multiplier, clip) / math.sqrt(min_survivors)
+
+
+def min_survivors(expected_clients: float, dropout_allowance: float) -> int:
+    """m: the clients whose noise shares must reach the sum, ``floor(expected * (1 -
+    allowance))`` and at least 1. The server and each client compute it, each from its own
+    copy of the configuration, and each refuses to unmask a sum over fewer inputs."""
+    if not (math.isfinite(expected_clients) and expected_clients > 0):
+        raise ValueError(f"expected_clients must be > 0, got {expected_clients!r}")
+    if not 0.0 <= dropout_allowance < 1.0:
+        raise ValueError(f"dropout_allowance must be in [0, 1), got {dropout_allowance!r}")
+    return max(1, math.floor(expected_clients * (1.0 - dropout_allowance)))
 
 
 def add_distributed_noise(updates: Tensor, std: float, generator: torch.Generator) -> Tensor:

@@ -42,6 +42,7 @@ from fedrec.privacy.dp import (
     TooFewSurvivorsError,
     check_survivors,
     distributed_noise_std,
+    min_survivors,
 )
 from fedrec.privacy.ldp import LocalDP
 from fedrec.privacy.upload import ClientProtection
@@ -168,7 +169,7 @@ class ServerPrivacy:
 
     def min_survivors(self) -> int:
         assert self.dp is not None
-        return max(1, math.floor(self.sampling.expected_clients * (1 - self.dp.dropout_allowance)))
+        return min_survivors(self.sampling.expected_clients, self.dp.dropout_allowance)
 
     def client_protection(self) -> ClientProtection:
         """What each client of the coming round must do to its upload."""
@@ -206,7 +207,13 @@ class ServerPrivacy:
             try:
                 check_survivors(acc.clients, self.min_survivors())
             except TooFewSurvivorsError as err:
-                raise RoundAbortedError(str(err)) from err
+                # Secure aggregation stops such a round before unmasking; reaching here means
+                # the server already holds the sum, so the round is accounted, never applied.
+                self.accountant.step(1)
+                raise RoundAbortedError(
+                    f"{err}; the server already held this sum, so the round is accounted",
+                    released=True,
+                ) from err
         else:
             gen = torch.Generator().manual_seed(int(rng.hash64(self.seed, round_, DP_NOISE)))
             std = self.update_noise_multiplier * clip

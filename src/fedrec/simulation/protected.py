@@ -240,10 +240,16 @@ class PlainSum:
 class SecAggSum:
     """SecAgg+: every client runs the real protocol; the server unmasks only the sum."""
 
-    def __init__(self, clients: IntArray, dim: int, config: Any, round_: int, seed: int) -> None:
+    def __init__(
+        self, clients: IntArray, dim: int, config: Any, round_: int, seed: int, min_inputs: int = 1
+    ) -> None:
+        """``min_inputs``: distributed DP's m; the session aborts before unmasking a sum over
+        fewer masked inputs (server and clients both check)."""
         from fedrec.privacy.secagg import SecAggSession
 
-        self.session = SecAggSession([int(c) for c in clients], dim, config, round_, seed)
+        self.session = SecAggSession(
+            [int(c) for c in clients], dim, config, round_, seed, min_inputs=min_inputs
+        )
 
     def submit(self, client: int, vector: Tensor) -> int:
         return int(self.session.submit(client, vector.numpy()))
@@ -429,6 +435,9 @@ def make_sinks(
             neighbours=s.neighbours, threshold=s.threshold, clip=s.clip, bits=s.bits
         )
 
+    distributed = privacy is not None and privacy.dp is not None and privacy.dp.distributed
+    min_inputs = privacy.min_survivors() if privacy is not None and distributed else 1
+
     def protection() -> ClientProtection:
         return privacy.client_protection() if privacy is not None else ClientProtection()
 
@@ -448,7 +457,9 @@ def make_sinks(
         backend: SumBackend
         if secagg_config is not None:
             everyone = np.union1d(clients, dropped)
-            backend = SecAggSum(everyone, vector.dim, secagg_config, round_, cfg.seed)
+            backend = SecAggSum(
+                everyone, vector.dim, secagg_config, round_, cfg.seed, min_inputs=min_inputs
+            )
         elif key_holder is not None:
             backend = HESum(key_holder, vector.dim)
         else:

@@ -22,7 +22,10 @@ including those in ``dropped`` that submitted first (their self-masks are rebuil
 neighbours' shares, as in the paper; the server cannot take back an input already folded into
 its O(dim) running sum). Clients that never submitted are not included; their pairwise masks
 are rebuilt from the shares of their mask keys. Fewer than t surviving share holders for any
-secret that is needed raises ``SecAggAbort`` and nothing is returned.
+secret that is needed raises ``SecAggAbort`` and nothing is returned. With fewer masked
+inputs than ``min_inputs`` (distributed DP's m) the server raises ``TooFewInputsError`` before
+asking for any share, and each client, told the included set, refuses to unmask below its own
+``min_inputs``.
 
 Parameters. t = floor(threshold * (k + 1)) + 1 (more than that fraction of the k + 1 holders),
 at least 2 and at most k + 1. The fixed-point scale is the largest for which n values in
@@ -64,6 +67,7 @@ from fedrec.privacy.secagg.errors import (
     SecAggError,
     SecAggInputError,
     StageError,
+    TooFewInputsError,
     UnknownClientError,
 )
 from fedrec.privacy.secagg.quantize import Quantizer
@@ -86,6 +90,7 @@ __all__ = [
     "SecAggServer",
     "SecAggSession",
     "StageError",
+    "TooFewInputsError",
     "Traffic",
     "UnknownClientError",
     "WireHook",

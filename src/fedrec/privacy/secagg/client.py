@@ -62,11 +62,16 @@ class SecAggClient:
     """One client of one round. Its secrets (two X25519 keys, the self-mask seed, the rounding
     key) come from the OS CSPRNG and never leave it except as Shamir shares to neighbours."""
 
-    def __init__(self, client_id: int, params: RoundParams) -> None:
+    def __init__(self, client_id: int, params: RoundParams, *, min_inputs: int = 1) -> None:
+        """``min_inputs``: this client's own floor on the inputs a sum it helps unmask may
+        cover (distributed DP's m, from its own configuration, not from the server)."""
         if client_id not in params.index:
             raise UnknownClientError(f"client {client_id} is not in round {params.round_}")
+        if isinstance(min_inputs, bool) or not isinstance(min_inputs, int) or min_inputs < 1:
+            raise ValueError(f"min_inputs must be an integer >= 1, got {min_inputs!r}")
         self.id = client_id
         self.params = params
+        self.min_inputs = min_inputs
         self._phase = _Phase.NEW
         self._neighbours = frozenset(params.neighbours(client_id))
         self._enc_sk, self._enc_pk = new_keypair()
@@ -247,7 +252,37 @@ class SecAggClient:
                 f"only {len(survivors)} of its neighbourhood submitted inputs; its self-mask "
                 f"needs t={p.t}"
             )
+        self._check_included(msg)
         seed = tuple((o, self._seed_shares[o]) for o in sorted(survivors))
         key = tuple((o, self._key_shares[o]) for o in sorted(dropped))
         self._phase = _Phase.DONE
         return UnmaskShares(p.round_, self.id, seed, key)
+
+    def _check_included(self, msg: UnmaskRequest) -> None:
+        """Defence in depth against a server that would unmask too small a sum: the announced
+        U3 must be round members, agree with what this client sees of its neighbourhood, and
+        hold at least ``min_inputs`` clients, or this client sends no share at all."""
+        included = set(msg.included)
+        if self.id not in included:
+            raise MalformedMessageError(
+                f"client {self.id}: unmasking request does not list it among the included "
+                "inputs; refusing to unmask a sum whose members it cannot check"
+            )
+        strangers = included - set(self.params.index)
+        if strangers:
+            raise UnknownClientError(
+                f"client {self.id}: unmasking request includes {sorted(strangers)[:8]}, which "
+                "are not in this round"
+            )
+        mine = self._masked_with | {self.id}
+        if included & mine != set(msg.survivors):
+            raise MalformedMessageError(
+                f"client {self.id}: the included set disagrees with its neighbourhood's "
+                "survivors and dropouts in the same request"
+            )
+        if len(included) < self.min_inputs:
+            raise self._abort(
+                f"refusing to unmask: the sum would cover only {len(included)} inputs, fewer "
+                f"than the {self.min_inputs} its distributed DP noise needs (its own "
+                "configuration); no share sent"
+            )

@@ -12,6 +12,7 @@ __all__ = [
     "SecAggError",
     "SecAggInputError",
     "StageError",
+    "TooFewInputsError",
     "UnknownClientError",
 ]
 
@@ -50,3 +51,8 @@ class ClientExcludedError(SecAggError):
 
 class SecAggAbort(SecAggError):  # noqa: N818 - the name the simulator and the issue use
     """The round cannot complete (too few survivors to reconstruct); nothing is returned."""
+
+
+class TooFewInputsError(SecAggAbort):
+    """Fewer masked inputs than the round's minimum (distributed DP's m): the round stops
+    before unmasking, so no under-noised sum is ever revealed."""

@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 MAGIC = b"SA"
-VERSION = 1
+VERSION = 2  # 2: UnmaskRequest carries the included set
 _HEADER = struct.Struct(">2sBBQQ")
 HEADER_BYTES = _HEADER.size
 SECRET_BYTES = 32  # an X25519 private key or a self-mask seed
@@ -406,28 +406,35 @@ class MaskedInput(_Base):
 @dataclass(frozen=True)
 class UnmaskRequest(_Base):
     """Stage 3, server -> client: which neighbours' inputs arrived (send their self-mask seed
-    share, and your own) and which did not (send their mask-key share). Disjoint by design."""
+    share, and your own) and which did not (send their mask-key share). Disjoint by design.
+
+    ``included`` is every client whose masked input the server holds (U3), i.e. whose input
+    the unmasked sum would contain: a client checks it against its own neighbourhood and
+    refuses to unmask a sum over fewer inputs than its minimum (distributed DP's m)."""
 
     KIND = Kind.UNMASK_REQUEST
     STAGE = Stage.UNMASKING
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
+    included: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_ids(self.survivors, "survivors")
         _check_ids(self.dropped, "dropped")
+        _check_ids(self.included, "included")
 
     def to_bytes(self) -> bytes:
-        return self._header() + _ids(self.survivors) + _ids(self.dropped)
+        return self._header() + _ids(self.survivors) + _ids(self.dropped) + _ids(self.included)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
         round_, cid, r = cls._open(data)
         survivors = r.ids()
         dropped = r.ids()
+        included = r.ids()
         r.end()
-        return cls(round_, cid, survivors, dropped)
+        return cls(round_, cid, survivors, dropped, included)
 
 
 @dataclass(frozen=True)

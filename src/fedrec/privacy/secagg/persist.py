@@ -25,7 +25,7 @@ from fedrec.privacy.secagg.keys import private_bytes, public_bytes
 __all__ = ["export_client", "restore_client"]
 
 _MAGIC = b"FRSA"
-_VERSION = 1
+_VERSION = 2  # 2: stores the client's min_inputs
 
 
 def _blob(b: bytes) -> bytes:
@@ -67,7 +67,7 @@ def export_client(c: SecAggClient) -> bytes:
     """Everything ``c`` needs to answer its next stage."""
     parts = [
         _MAGIC,
-        struct.pack(">BBQ", _VERSION, int(c._phase), c.id),
+        struct.pack(">BBQQ", _VERSION, int(c._phase), c.id, c.min_inputs),
         _blob(c.params.session_id),
         _blob(private_bytes(c._enc_sk)),
         _blob(private_bytes(c._mask_sk)),
@@ -87,9 +87,12 @@ def restore_client(params: RoundParams, data: bytes) -> SecAggClient:
     r = _Reader(data)
     if r.take(4) != _MAGIC:
         raise MalformedMessageError("not a secagg client state")
-    version, phase, cid = struct.unpack(">BBQ", r.take(10))
+    version, phase = struct.unpack(">BB", r.take(2))
     if version != _VERSION:
         raise MalformedMessageError(f"secagg client state version {version}, expected {_VERSION}")
+    cid, min_inputs = struct.unpack(">QQ", r.take(16))
+    if min_inputs < 1:
+        raise MalformedMessageError("secagg client state has min_inputs 0")
     session = r.blob()
     if session != params.session_id:
         raise MalformedMessageError(
@@ -98,6 +101,7 @@ def restore_client(params: RoundParams, data: bytes) -> SecAggClient:
     c = SecAggClient.__new__(SecAggClient)
     c.id = int(cid)
     c.params = params
+    c.min_inputs = int(min_inputs)
     c._phase = _Phase(phase)
     c._neighbours = frozenset(params.neighbours(c.id))
     c._enc_sk = X25519PrivateKey.from_private_bytes(r.blob())

@@ -18,6 +18,7 @@ from fedrec.privacy.secagg.errors import (
     RoundMismatchError,
     SecAggAbort,
     StageError,
+    TooFewInputsError,
     UnknownClientError,
 )
 from fedrec.privacy.secagg.keys import mask_key, public_bytes, seed_commitment
@@ -79,8 +80,13 @@ class SecAggServer:
     """The server of one round. Semi-honest: it follows the protocol, and what it stores is
     exactly what an honest-but-curious server would see."""
 
-    def __init__(self, params: RoundParams) -> None:
+    def __init__(self, params: RoundParams, *, min_inputs: int = 1) -> None:
+        """``min_inputs``: the fewest masked inputs a sum may cover before anyone is asked to
+        unmask it (distributed DP's m: fewer inputs carry too little noise)."""
+        if isinstance(min_inputs, bool) or not isinstance(min_inputs, int) or min_inputs < 1:
+            raise ValueError(f"min_inputs must be an integer >= 1, got {min_inputs!r}")
         self.params = params
+        self.min_inputs = min_inputs
         self._phase = _Phase.ADVERTISE
         self._keys: dict[int, tuple[bytes, bytes]] = {}  # U1: (enc, mask) public keys
         self._commitments: dict[int, bytes] = {}
@@ -229,20 +235,30 @@ class SecAggServer:
         self._submitted.add(u)
 
     def unmask_requests(self) -> dict[int, UnmaskRequest]:
-        """Close stage 2: U3 is fixed; each client in it is told which of its neighbours are
-        in U3 and which dropped."""
+        """Close stage 2: U3 is fixed; each client in it is told U3 and which of its
+        neighbours are in U3 and which dropped. Too small a U3 aborts here, before any share
+        is asked for: no sum is ever unmasked."""
         self._close(_Phase.MASKED, _Phase.UNMASK, "request unmasking")
         p = self.params
+        if len(self._submitted) < max(p.t, self.min_inputs):
+            self._phase = _Phase.DONE  # the round is over: no share may be asked or accepted
         if len(self._submitted) < p.t:
             raise SecAggAbort(
                 f"only {len(self._submitted)} of {p.n} clients submitted a masked input; "
                 f"at least t={p.t} are needed"
             )
-        for u in sorted(self._submitted):
+        if len(self._submitted) < self.min_inputs:
+            raise TooFewInputsError(
+                f"only {len(self._submitted)} of {p.n} clients submitted a masked input, fewer "
+                f"than the {self.min_inputs} the round needs (distributed DP noise is "
+                "calibrated for that many); aborted before unmasking, nothing was unmasked"
+            )
+        included = tuple(sorted(self._submitted))
+        for u in included:
             nb = self._masked_with[u]
             survivors = tuple(sorted([u, *(v for v in nb if v in self._submitted)]))
             dropped = tuple(v for v in nb if v not in self._submitted)
-            self._requests[u] = UnmaskRequest(p.round_, u, survivors, dropped)
+            self._requests[u] = UnmaskRequest(p.round_, u, survivors, dropped, included)
         return dict(self._requests)
 
     # Stage 3 -------------------------------------------------------------------------------

@@ -90,7 +90,9 @@ class SecAggSession:
     """One SecAgg+ round over ``client_ids``; stages 0 and 1 run in the constructor.
 
     ``finish`` returns a SecAggResult (not a bare array): ``result.total`` is the float64 sum
-    and ``result.included`` says whose inputs it covers.
+    and ``result.included`` says whose inputs it covers. ``min_inputs`` (distributed DP's m)
+    is held by the server and by every client: with fewer masked inputs, ``finish`` raises
+    :class:`TooFewInputsError` before any unmasking request is sent.
     """
 
     def __init__(
@@ -102,17 +104,20 @@ class SecAggSession:
         seed: bytes | int = 0,
         *,
         wire_hook: WireHook | None = None,
+        min_inputs: int = 1,
     ) -> None:
         self._hook = wire_hook
         self.params = RoundParams.create(client_ids, dim, config or SecAggConfig(), round_, seed)
+        self.min_inputs = min_inputs
         ids = self.params.client_ids
         self._client_s = dict.fromkeys(ids, 0.0)
         self._server_s = 0.0
         self._traffic = {c: Traffic() for c in ids}
-        self._server = self._on_server(lambda: SecAggServer(self.params))
+        self._server = self._on_server(lambda: SecAggServer(self.params, min_inputs=min_inputs))
         self._clients: dict[int, SecAggClient] = {}
         for c in ids:
-            self._clients[c] = self._on_client(c, partial(SecAggClient, c, self.params))
+            make = partial(SecAggClient, c, self.params, min_inputs=min_inputs)
+            self._clients[c] = self._on_client(c, make)
         self._finished = False
         self._submitted: set[int] = set()
 
