@@ -105,6 +105,8 @@ def flower_round(n: int, dim: int, dropout: float, k: int, t: int, seed: int) ->
     """Flower 1.42's SecAgg+ in-process: the client mod's stage functions and the workflow's
     routing and unmasking code, with the same graph shape (ring of k + 1 incl. self), threshold,
     dropouts and a ring of 2^32 with the same no-overflow quantization range."""
+    # Flower reads this once, when first imported: no usage reports leave the machine.
+    os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     import flwr
     from flwr.client.mod.secure_aggregation.secaggplus_mod import (
         SecAggPlusState,
@@ -259,7 +261,8 @@ def measure_flower(args: argparse.Namespace, k: int, t: int) -> tuple[dict[str, 
     cmd = [python, __file__, "--flower-only", "--clients", str(args.clients)]
     cmd += ["--params", str(args.params), "--dropout", str(args.dropout)]
     cmd += ["--neighbours", str(k), "--threshold-count", str(t), "--seed", str(args.seed)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     figures: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return figures, f"Flower timed in a separate venv (`{python}`), same machine and setting."
 

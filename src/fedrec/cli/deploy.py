@@ -102,18 +102,33 @@ def credentials(
     nodes: Annotated[int, typer.Option("--nodes", "-n", help="SuperNode key pairs.")] = 1,
     host: Annotated[
         list[str] | None,
-        typer.Option("--host", help="SuperLink address for its certificate (repeatable)."),
+        typer.Option(
+            "--host",
+            help="A name or IP address SuperNodes and the flwr CLI reach the SuperLink by "
+            "(repeatable: give every one). localhost, 127.0.0.1 and ::1 are always added.",
+        ),
     ] = None,
 ) -> None:
-    """A CA with a SuperLink certificate for --host, and one authentication key pair per
-    SuperNode (register each .pub with `flwr supernode register`)."""
-    from fedrec.deploy.credentials import node_keys, tls_certificates
+    """A CA with a SuperLink certificate, and one authentication key pair per SuperNode
+    (register each .pub with `flwr supernode register`).
 
-    hosts = tuple(host or ["127.0.0.1", "localhost"])
+    The certificate names every --host (IP addresses as IP entries, names as DNS entries) and
+    always localhost, 127.0.0.1 and ::1: the SuperLink's own SuperExec connects to it over
+    loopback, and without them no run ever leaves "pending"."""
+    from fedrec.deploy.credentials import CredentialError, node_keys, server_names, tls_certificates
+
+    hosts = list(host or [])
+    try:
+        names = server_names(hosts)
+    except CredentialError as exc:
+        raise _fail(str(exc)) from exc
     tls = tls_certificates(out / "tls", hosts)
     for i in range(nodes):
         node_keys(out / "keys", f"node-{i:05d}")
-    console.print(f"CA {tls.ca_cert}, server {tls.server_cert}; {nodes} node keys in {out}/keys")
+    console.print(
+        f"CA {tls.ca_cert}, server {tls.server_cert} for "
+        f"{', '.join(str(n.value) for n in names)}; {nodes} node keys in {out}/keys"
+    )
 
 
 @deploy_app.command("app")

@@ -5,7 +5,9 @@ SuperNodes, exactly as it would run across machines.
 and the SuperNodes' keys, starts a SuperLink (TLS, ``--enable-supernode-auth``), registers each
 node's public key, starts one SuperNode per client, and submits the run with ``flwr run``.
 Everything lives under the run directory's ``deploy/`` folder (certificates, shards, each
-client's private state, logs) and every process is stopped on exit.
+client's private state, logs) and every process is stopped on exit. A run the SuperLink never
+launches (it stays "pending", e.g. because its own SuperExec rejected the certificate) is
+reported with the log lines that say why, instead of waiting out the whole timeout.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,6 +23,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -59,9 +63,37 @@ resume = false
 """
 
 
+START_TIMEOUT_S = 180.0
+"""A submitted run still "pending" after this long was never picked up by the SuperLink."""
+STATUS_EVERY_S = 10.0
+"""How often the run's status is asked for while it is pending (each ask is a CLI process)."""
+
+_TLS_FAILURE = re.compile(r"CERTIFICATE_VERIFY_FAILED|SSLError|SSL: |certificate verify failed")
+_RUN_ID = re.compile(r"started run (\d+)")
+
+
 class LaunchError(RuntimeError):
     """A part of the local federation did not start or the run failed; the message points at
     the log to read."""
+
+
+def tls_failures(logs: Iterable[Path], limit: int = 3) -> list[str]:
+    """The distinct TLS failure lines in these logs, each prefixed by its file name: the only
+    trace a SuperExec or SuperNode leaves when it rejects a certificate."""
+    found: list[str] = []
+    for log in logs:
+        if not log.exists():
+            continue
+        for line in log.read_text(errors="replace").splitlines():
+            if _TLS_FAILURE.search(line) and "handshake error detected" not in line:
+                # One failure is raised again by each library layer: keep its reason once.
+                reason = line[line.find("[SSL") :] if "[SSL" in line else line.strip()
+                entry = f"{log.name}: {reason}"
+                if entry not in found:
+                    found.append(entry)
+                if len(found) >= limit:
+                    return found
+    return found
 
 
 def _free_port() -> int:
@@ -132,6 +164,8 @@ class LocalFederation:
     n_clients: int
     insecure_node: bool = False
     """Also start one SuperNode whose key was never registered (tests: it must be refused)."""
+    host: str = "127.0.0.1"
+    """The name SuperNodes and the CLI reach the SuperLink by (it listens on 127.0.0.1)."""
     tls: TLSFiles | None = None
     keys: list[NodeKey] = field(default_factory=list)
     port: int = 0
@@ -144,6 +178,8 @@ class LocalFederation:
         # Flower starts its helpers (flower-superexec, flwr-serverapp, flwr-clientapp) by name.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # Flower reports usage to its servers unless told not to; no process of ours does.
+        env["FLWR_TELEMETRY_ENABLED"] = "0"
         return env
 
     def _spawn(self, name: str, args: list[str]) -> _Proc:
@@ -186,7 +222,7 @@ class LocalFederation:
         atomic_write_text(
             home / "config.toml",
             '[superlink]\ndefault = "local"\n\n[superlink.local]\n'
-            f'address = "127.0.0.1:{self.port}"\nroot-certificates = "{self.tls.ca_cert}"\n',
+            f'address = "{self.host}:{self.port}"\nroot-certificates = "{self.tls.ca_cert}"\n',
         )
         write_app(self.root / "app")
         atomic_write_text(self.root / "run-config.toml", dump_config(self.cfg))
@@ -199,9 +235,14 @@ class LocalFederation:
             try:
                 with (
                     socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock,
-                    ctx.wrap_socket(sock, server_hostname="127.0.0.1"),
+                    ctx.wrap_socket(sock, server_hostname=self.host),
                 ):
                     return
+            except ssl.SSLCertVerificationError as exc:
+                raise LaunchError(
+                    f"the SuperLink's certificate {self.tls.server_cert} does not verify for "
+                    f"{self.host} against {self.tls.ca_cert}: {exc.verify_message}"
+                ) from None
             except OSError:
                 link = self.procs.get("superlink")
                 if link is not None and link.popen.poll() is not None:
@@ -249,7 +290,7 @@ class LocalFederation:
             )
         args = [
             _bin("flower-supernode"),
-            "--superlink", f"127.0.0.1:{self.port}",
+            "--superlink", f"{self.host}:{self.port}",
             "--root-certificates", str(self.tls.ca_cert),
             "--auth-supernode-private-key", str(key.private),
             "--port", str(_free_port()),
@@ -276,16 +317,66 @@ class LocalFederation:
             [_bin("flwr"), "run", str(self.root / "app"), "local", "--run-config", rc, "--stream"],
         ).popen
 
-    def wait(self, out: Path, popen: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
-        """Until ``out/summary.json`` appears; raises with the logs to read if the run fails."""
-        deadline = time.monotonic() + timeout
+    def run_status(self, run_id: str) -> str:
+        """The run's status as the SuperLink's Control API reports it (``flwr ls``)."""
+        args = [_bin("flwr"), "ls", "local", "--run-id", run_id, "--format", "json"]
+        try:
+            answer = json.loads(self._run(args, 120))
+        except (LaunchError, json.JSONDecodeError, subprocess.TimeoutExpired) as exc:
+            raise LaunchError(f"the SuperLink does not answer `flwr ls`: {exc}") from None
+        runs = answer.get("runs") or [{}]
+        return str(runs[0].get("status", "unknown"))
+
+    def _never_started(self, run_id: str, waited: float) -> LaunchError:
+        logs = self.root / "logs"
+        cause = tls_failures([logs / "superlink.log", *sorted(logs.glob("node-*.log"))])
+        if cause:
+            why = (
+                "a TLS connection was refused:\n  " + "\n  ".join(cause) + "\nThe SuperLink's "
+                "certificate must name every address it is reached by, including the loopback "
+                "address its own SuperExec dials (fedrec deploy credentials adds localhost, "
+                "127.0.0.1 and ::1)."
+            )
+        else:
+            why = f"see {logs / 'superlink.log'}"
+        return LaunchError(
+            f"run {run_id} is still pending after {waited:.0f} s: the SuperLink never "
+            f"launched its ServerApp; {why}"
+        )
+
+    def wait(
+        self,
+        out: Path,
+        popen: subprocess.Popen[bytes],
+        timeout: float,
+        start_timeout: float = START_TIMEOUT_S,
+    ) -> dict[str, Any]:
+        """Until ``out/summary.json`` appears; raises with the logs to read if the run fails,
+        if the SuperLink dies, or if the run is still pending after ``start_timeout``."""
+        begin = time.monotonic()
+        deadline = begin + timeout
         summary = out / "summary.json"
+        submitted = next((p for p in self.procs.values() if p.popen is popen), None)
+        run_id: str | None = None
+        pending, next_status = True, begin + STATUS_EVERY_S
         while not summary.exists():
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise LaunchError(
                     f"no summary after {timeout:g} s; see {out / 'deploy.log'} and "
                     f"{self.root / 'logs'}"
                 )
+            link = self.procs.get("superlink")
+            if link is not None and link.popen.poll() is not None:
+                raise LaunchError(f"the SuperLink exited; see {link.log}")
+            if run_id is None and submitted is not None and submitted.log.exists():
+                found = _RUN_ID.search(submitted.log.read_text(errors="replace"))
+                run_id = found.group(1) if found else None
+            if pending and run_id is not None and now >= next_status:
+                pending = self.run_status(run_id) == "pending"
+                if pending and time.monotonic() - begin > start_timeout:
+                    raise self._never_started(run_id, time.monotonic() - begin)
+                next_status = time.monotonic() + STATUS_EVERY_S
             if popen.poll() is not None and not summary.exists():
                 time.sleep(2.0)
                 if not summary.exists():
