@@ -21,7 +21,10 @@ sampled clients' clipped updates (L2 norm <= C) plus Gaussian noise of std ``z *
 Amplification by subsampling holds only against someone who does not know who was sampled. A
 server that picks the participants (distributed DP: the server is the adversary) knows, so
 against it a round is the plain Gaussian mechanism, composed over the rounds released
-(``amplification=False``): the per-user worst case of taking part in every one of them.
+(``amplification=False``): the per-user worst case of taking part in every one of them. The
+server knows who took part, so neighbours differ in a participant's data, not its presence:
+its update zeroed out (sensitivity C, ratio z) under Poisson sampling's convention, or
+replaced (2C, ratio z / 2) under fixed-size sampling's.
 
 The accountant state is just the configuration plus the number of rounds, so a checkpoint or a
 run summary is enough for anyone to recompute epsilon with a fresh ``dp_accounting`` accountant
