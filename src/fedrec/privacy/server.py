@@ -217,7 +217,9 @@ class ServerPrivacy:
         """Central DP noises even a round nobody joined: the accountant assumes every round
         releases a noised sum, and skipping one would tell that nobody was sampled. Under
         distributed DP the noise is the clients' shares, so an empty round (fewer than m
-        survivors) aborts instead and is not accounted."""
+        survivors) aborts instead and is not accounted: the server, the adversary there,
+        knows who took part anyway, but a released-model observer sees a round skipped,
+        which the amplified figure does not cover."""
         return self.dp is not None and not self.dp.distributed
 
     def budget_exhausted(self) -> bool:
