@@ -283,6 +283,20 @@ class DeployConfig(_Section):
     negatives and noise: for testing only)."""
 
 
+class TrackingConfig(_Section):
+    """Experiment tracking (``pip install 'fedrec[tracking]'``); it never changes results.
+
+    The store is ``$MLFLOW_TRACKING_URI`` when set, else a local SQLite store beside the run
+    directory (``<parent>/mlflow.db``), which needs no server."""
+
+    mlflow: bool = False
+    experiment: str = Field("fedrec", min_length=1)
+    run_name: str | None = None
+    """None: the run directory's name."""
+    tags: dict[str, str] = Field(default_factory=dict)
+    """Extra tags on the MLflow run, beside data set, model, mode and privacy mechanisms."""
+
+
 class RunConfig(_Section):
     """Top level of a run configuration file."""
 
@@ -297,6 +311,7 @@ class RunConfig(_Section):
     federated: FederatedConfig = Field(default_factory=FederatedConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @property
     def upload_count_scale(self) -> float | None:
