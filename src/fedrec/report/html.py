@@ -114,8 +114,8 @@ def _fmt(v: Any) -> str:
     x = _num(v)
     if x is None:
         return html.escape("" if v is None else str(v))
-    if float(x).is_integer():
-        return f"{int(x):,}"
+    if isinstance(v, int):
+        return f"{v:,}"
     return f"{x:.4f}" if abs(x) < 100 else f"{x:,.1f}"
 
 
