@@ -270,3 +270,47 @@ def test_metric_keys_and_privacy_tags() -> None:
     )
     assert privacy_mechanisms(cfg) == "secagg,dp-distributed,pseudo-items"
     assert privacy_mechanisms(RunConfig()) == "none"
+
+
+def test_deployed_run_is_tracked_by_the_server(tmp_path: Path) -> None:
+    """The server logs rounds and the final test metrics; the client side never loads MLflow
+    (checked in a fresh interpreter importing everything a client node runs)."""
+    from fedrec.deploy.client import Device
+    from fedrec.deploy.inprocess import InProcessTransport
+    from fedrec.deploy.server import serve
+    from fedrec.deploy.shards import write_shards
+    from tests.synthetic import two_taste_split
+
+    split = two_taste_split(40, 30, per_user=7, string_ids=True)
+    cfg = RunConfig.model_validate(
+        {
+            "mode": "federated",
+            "seed": 3,
+            "model": {"name": "mf", "dim": 8, "init_std": 0.1},
+            "eval": {"ks": [5]},
+            "train": {"monitor": "HR@5"},
+            "federated": {"rounds": 3, "partition": "random", "silos": 4, "eval_every": 1,
+                          "patience": 0, "local": {"batch_size": 8, "lr": 1.0}},
+            "deploy": {"client_randomness": "run-seed", "wait_clients_s": 5},
+            "tracking": {"mlflow": True},
+        }
+    )  # fmt: skip
+    paths = write_shards(cfg, split, tmp_path / "shards")
+    devices = {i: Device(p, tmp_path / "state" / p.name) for i, p in enumerate(paths)}
+    run_dir = tmp_path / "runs" / "deployed"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrackingWarning)
+        summary = serve(cfg, InProcessTransport(devices), RunDirectory(run_dir))
+    info = json.loads((run_dir / "mlflow.json").read_text())
+    client = MlflowClient(info["tracking_uri"])
+    assert [s for s, _ in _history(client, info["run_id"], "valid/HR_at_5")] == [1, 2, 3]
+    for k, v in summary["test"].items():
+        assert _history(client, info["run_id"], metric_key(f"test/{k}")) == [(0, pytest.approx(v))]
+    code = (
+        "import sys, fedrec.deploy.client_app, fedrec.deploy.client, fedrec.deploy.node\n"
+        "import fedrec.data, fedrec.models, fedrec.eval, fedrec.federated, fedrec.privacy\n"
+        "bad = [m for m in sys.modules if m.startswith(('mlflow', 'optuna', 'fedrec.tracking',"
+        " 'fedrec.tune', 'fedrec.experiment'))]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
