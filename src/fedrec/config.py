@@ -6,6 +6,7 @@ exactly what produced it.
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 from pathlib import Path
@@ -441,6 +442,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     except ValidationError as exc:
         where = f" in {path}" if path is not None else ""
         raise ConfigError(f"invalid configuration{where}:\n{exc}") from exc
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, str]:
+    """A (raw or dumped) configuration as ``section.key -> value``, keys exactly as ``--set``
+    takes them; non-string values as JSON."""
+    if isinstance(node, dict) and node:
+        out: dict[str, str] = {}
+        for k, v in node.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: node if isinstance(node, str) else json.dumps(node)}
 
 
 def dump_config(cfg: RunConfig) -> str:

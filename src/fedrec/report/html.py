@@ -29,9 +29,10 @@ matplotlib.use("Agg")  # no screen on servers and CI; must precede pyplot
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from fedrec.config import flatten
+from fedrec.training.centralized import LOWER_IS_BETTER
 from fedrec.utils.atomic import atomic_write_text
 
-LOWER_IS_BETTER = frozenset({"RMSE", "MAE"})
 CURVES = (
     ("loss", ("loss", "train_loss")),
     ("valid HR@10", ("valid/HR@10",)),
@@ -95,15 +96,6 @@ def _labels(paths: Sequence[Path]) -> list[str]:
     return [f"{p} ({i})" for i, p in enumerate(paths)]
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, str]:
-    if isinstance(node, dict) and node:
-        out: dict[str, str] = {}
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: json.dumps(node) if not isinstance(node, str) else node}
-
-
 def _num(v: Any) -> float | None:
     if isinstance(v, bool) or not isinstance(v, int | float):
         return None
@@ -138,7 +130,7 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], classes: Sequence
 
 
 def configs_section(runs: Sequence[Run]) -> str:
-    flat = [_flatten(r.config) for r in runs]
+    flat = [flatten(r.config) for r in runs]
     keys = sorted({k for f in flat for k in f})
     differ = [k for k in keys if len({f.get(k, "—") for f in flat}) > 1]
     same = [k for k in keys if k not in differ]

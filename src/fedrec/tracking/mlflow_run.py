@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from fedrec.config import RunConfig
+from fedrec.config import RunConfig, flatten
 from fedrec.utils.atomic import atomic_write_text
 
 if TYPE_CHECKING:
@@ -72,17 +72,7 @@ def metric_key(key: str) -> str:
 
 def flatten_config(cfg: RunConfig) -> dict[str, str]:
     """The resolved configuration as ``section.key -> value``, keys exactly as ``--set``."""
-    out: dict[str, str] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict) and node:
-            for k, v in node.items():
-                walk(v, f"{prefix}.{k}" if prefix else str(k))
-        else:
-            out[prefix] = json.dumps(node) if not isinstance(node, str) else node
-
-    walk(cfg.model_dump(mode="json"), "")
-    return out
+    return flatten(cfg.model_dump(mode="json"))
 
 
 def privacy_mechanisms(cfg: RunConfig) -> str:

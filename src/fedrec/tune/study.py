@@ -24,8 +24,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
+import optuna
 import pandas as pd
 
 from fedrec.config import ConfigError, RunConfig, dump_config
@@ -38,9 +39,6 @@ from fedrec.tracking import Tracker, open_tracker
 from fedrec.training.centralized import LOWER_IS_BETTER, train_centralized
 from fedrec.tune.space import Space, apply_params, space_from_dict, space_to_dict
 from fedrec.utils.atomic import atomic_open, atomic_write_text
-
-if TYPE_CHECKING:
-    import optuna
 
 STUDY = "fedrec-tune"
 DB = "study.db"
@@ -71,8 +69,6 @@ def direction_of(monitor: str) -> Literal["minimize", "maximize"]:
 
 
 def _pruner(cfg: RunConfig) -> optuna.pruners.BasePruner:
-    import optuna
-
     # A trial is compared with the median of earlier trials at the same round (or epoch), and
     # only after a quarter of its run: early curves of good step sizes often start slower.
     steps = cfg.federated.rounds if cfg.mode == "federated" else cfg.train.epochs
@@ -82,8 +78,6 @@ def _pruner(cfg: RunConfig) -> optuna.pruners.BasePruner:
 def _objective(
     job: Job, cfg: RunConfig, space: Space, split: Split
 ) -> Callable[[optuna.Trial], float]:
-    import optuna
-
     monitor = cfg.train.monitor
     step_key = "round" if cfg.mode == "federated" else "epoch"
     out = Path(job.out)
@@ -176,8 +170,6 @@ def _close(
 
 def _progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """One line per finished trial (printed by whichever worker ran it)."""
-    import optuna
-
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = f"{study.best_value:.4f}" if complete else "-"
     value = f"{trial.value:.4f}" if trial.value is not None else "-"
@@ -195,8 +187,6 @@ def _short(v: Any) -> str:
 
 
 def _finished(study: optuna.Study) -> int:
-    import optuna
-
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return sum(t.state in states for t in study.trials)
 
@@ -205,7 +195,6 @@ def run_worker(job: Job, split: Split | None = None, n_trials: int | None = None
     """Run at most ``n_trials`` trials of the study in ``job.out``, stopping once it holds
     ``job.trials`` finished ones or ``job.timeout`` passes. Top-level (not a closure) so
     worker processes can import it."""
-    import optuna
     from optuna.study import MaxTrialsCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -237,8 +226,6 @@ def run_worker(job: Job, split: Split | None = None, n_trials: int | None = None
 def _open_study(cfg: RunConfig, space: Space, out: Path) -> optuna.Study:
     """Create the study in ``out`` or reopen it; a study of another configuration or space is
     refused, so a resumed study never mixes two searches."""
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=STUDY,
@@ -350,8 +337,6 @@ def tune(
 ) -> dict[str, Any]:
     """Run (or resume) the study in ``out`` until it holds ``trials`` finished trials, then
     retrain the best configuration and read its test metrics once; returns the summary."""
-    import optuna
-
     if trials < 1 or jobs < 1:
         raise ConfigError("--trials and --jobs must be at least 1")
     out.mkdir(parents=True, exist_ok=True)
@@ -363,6 +348,25 @@ def tune(
         run_name=cfg.tracking.run_name or f"tune {out.name}",
         tags={"fedrec.tune": "study", "fedrec.tune.monitor": cfg.train.monitor},
     )
+    try:
+        return _run_study(cfg, out, study, parent, trials, space, jobs, timeout, echo)
+    except BaseException:
+        if parent is not None:
+            parent.finish(None, status="FAILED")
+        raise
+
+
+def _run_study(
+    cfg: RunConfig,
+    out: Path,
+    study: optuna.Study,
+    parent: Tracker | None,
+    trials: int,
+    space: Space,
+    jobs: int,
+    timeout: float | None,
+    echo: Callable[[str], None],
+) -> dict[str, Any]:
     threads = max(1, (cfg.threads or os.cpu_count() or 1) // jobs)
     job = Job(
         config_toml=dump_config(cfg),
