@@ -314,3 +314,20 @@ def test_deployed_run_is_tracked_by_the_server(tmp_path: Path) -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_cli_run_mlflow_flag(tmp_path: Path, csv: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tomli_w
+    from typer.testing import CliRunner
+
+    from fedrec.cli.main import app
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = tmp_path / "c.toml"
+    config.write_text(tomli_w.dumps(tiny_config(csv, rounds=2)))
+    out = tmp_path / "runs" / "r"
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(out), "--mlflow"])
+    assert result.exit_code == 0, result.output
+    assert load_config(out / "config.toml").tracking.mlflow
+    info = json.loads((out / "mlflow.json").read_text())
+    assert MlflowClient(info["tracking_uri"]).get_run(info["run_id"]).info.status == "FINISHED"

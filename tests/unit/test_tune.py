@@ -217,3 +217,24 @@ def test_dp_study_reports_its_trial_count(tmp_path: Path, csv: Path) -> None:
     assert summary["privacy"]["trials_on_private_data"] == 2
     assert "Papernot" in summary["privacy"]["note"]
     assert summary["privacy"]["epsilon_of_best_run"] > 0
+
+
+def test_cli_tune_with_a_space_file(tmp_path: Path, csv: Path) -> None:
+    import tomli_w
+    from typer.testing import CliRunner
+
+    from fedrec.cli.main import app
+
+    config = tmp_path / "c.toml"
+    config.write_text(tomli_w.dumps(tiny_config(csv, rounds=2)))
+    space = tmp_path / "space.toml"
+    space.write_text('defaults = false\n[params]\n"model.dim" = { choices = [4, 8] }\n')
+    args = ["tune", str(config), "--trials", "2", "--space", str(space), "--out"]
+    result = CliRunner().invoke(app, [*args, str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "trial 0" in text and "trial 1" in text and "best trial" in text
+    assert set(pd.read_csv(tmp_path / "s" / "trials.csv")["param:model.dim"]) <= {4, 8}
+    space.write_text('[params]\n"model.size" = { choices = [4, 8] }\n')
+    result = CliRunner().invoke(app, [*args, str(tmp_path / "t")])
+    assert result.exit_code == 2 and "model.size" in result.output
