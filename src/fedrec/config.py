@@ -6,6 +6,7 @@ exactly what produced it.
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 from pathlib import Path
@@ -303,6 +304,20 @@ class DeployConfig(_Section):
     negatives and noise: for testing only)."""
 
 
+class TrackingConfig(_Section):
+    """Experiment tracking (``pip install 'fedrec[tracking]'``); it never changes results.
+
+    The store is ``$MLFLOW_TRACKING_URI`` when set, else a local SQLite store beside the run
+    directory (``<parent>/mlflow.db``), which needs no server."""
+
+    mlflow: bool = False
+    experiment: str = Field("fedrec", min_length=1)
+    run_name: str | None = None
+    """None: the run directory's name."""
+    tags: dict[str, str] = Field(default_factory=dict)
+    """Extra tags on the MLflow run, beside data set, model, mode and privacy mechanisms."""
+
+
 class RunConfig(_Section):
     """Top level of a run configuration file."""
 
@@ -317,6 +332,7 @@ class RunConfig(_Section):
     federated: FederatedConfig = Field(default_factory=FederatedConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @property
     def upload_count_scale(self) -> float | None:
@@ -446,6 +462,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     except ValidationError as exc:
         where = f" in {path}" if path is not None else ""
         raise ConfigError(f"invalid configuration{where}:\n{exc}") from exc
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, str]:
+    """A (raw or dumped) configuration as ``section.key -> value``, keys exactly as ``--set``
+    takes them; non-string values as JSON."""
+    if isinstance(node, dict) and node:
+        out: dict[str, str] = {}
+        for k, v in node.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: node if isinstance(node, str) else json.dumps(node)}
 
 
 def dump_config(cfg: RunConfig) -> str:

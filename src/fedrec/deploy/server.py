@@ -62,7 +62,9 @@ from fedrec.privacy.secagg.messages import (
 )
 from fedrec.privacy.server import ServerPrivacy
 from fedrec.privacy.upload import UploadVector
+from fedrec.report.machine import describe_machine
 from fedrec.report.plots import plot_learning_curves
+from fedrec.tracking import Tracker, open_tracker
 from fedrec.utils.atomic import atomic_open
 
 log = logging.getLogger("fedrec.deploy")
@@ -473,12 +475,28 @@ def expected_clients(cfg: RunConfig) -> int:
 def serve(
     cfg: RunConfig, transport: Transport, out: RunDirectory, *, resume: bool = False
 ) -> dict[str, Any]:
-    """Run ``cfg`` with the clients behind ``transport``; write and return the summary."""
-    start = time.perf_counter()
+    """Run ``cfg`` with the clients behind ``transport``; write and return the summary.
+    Tracking (``[tracking] mlflow``) happens here, on the server: clients never see MLflow."""
     supported(cfg)
+    out.write_config(cfg)
+    tracker = open_tracker(cfg, out.path, resume=resume)
+    try:
+        summary = _serve(cfg, transport, out, resume, tracker)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(None, status="FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish(summary)
+    return summary
+
+
+def _serve(
+    cfg: RunConfig, transport: Transport, out: RunDirectory, resume: bool, tracker: Tracker | None
+) -> dict[str, Any]:
+    start = time.perf_counter()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    out.write_config(cfg)
     n_clients = expected_clients(cfg)
     online = _wait_for_clients(transport, n_clients, cfg.deploy.wait_clients_s)
     fp = data_fingerprint(cfg)
@@ -532,6 +550,8 @@ def serve(
         record["clients_online"] = len(transport.clients())
         record["events"] = [e for e in runner.events if e["round"] == record["round"]]
         out.log_metrics(record)
+        if tracker is not None:
+            tracker.log_record(record)
         log.info(
             "round %d: loss %.4f, %d participants%s",
             record["round"],
@@ -591,6 +611,7 @@ def serve(
         "stop_reason": loop.stop_reason,
         "aborted_rounds": aborted_rounds(loop.history),
         "events": len(runner.events),
+        "machine": describe_machine(),
         "uploads": {
             "form": (
                 "dense fixed-shape vector"
