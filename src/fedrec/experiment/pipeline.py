@@ -17,6 +17,7 @@ from fedrec.data.loaders import load_dataset, load_table
 from fedrec.data.splits import make_split
 from fedrec.data.table import Interactions, Split
 from fedrec.experiment.outputs import RunDirectory
+from fedrec.federated.configure import secagg_summary
 from fedrec.report.plots import plot_learning_curves
 from fedrec.simulation.training import FederatedResult, train_federated
 from fedrec.training.centralized import TrainResult, train_centralized
@@ -108,6 +109,8 @@ def summarize(
         if result.privacy is not None:
             summary["privacy"] = result.privacy
         summary["uploads"] = _uploads(cfg)
+        if cfg.privacy.secagg.enabled:
+            summary["secagg"] = secagg_summary(cfg, result.history)
     else:
         summary.update(
             {

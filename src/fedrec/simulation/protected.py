@@ -26,9 +26,10 @@ from torch import Tensor
 from fedrec.config import RunConfig
 from fedrec.federated.aggregate import Accumulator
 from fedrec.federated.configure import make_server_privacy as make_server_privacy
+from fedrec.federated.configure import secagg_config as secagg_of
 from fedrec.federated.encoding import INDEX_BYTES, encode_decode, tensor_bytes
 from fedrec.federated.layout import ParamLayout
-from fedrec.federated.server import RoundAbortedError
+from fedrec.federated.server import SECAGG_ABORTED, RoundAbortedError
 from fedrec.privacy.server import ServerPrivacy
 from fedrec.privacy.upload import ClientProtection, UploadVector, client_generator
 
@@ -254,7 +255,7 @@ class SecAggSum:
         try:
             result = self.session.finish([int(c) for c in dropped])
         except SecAggAbort as err:
-            raise RoundAbortedError(f"secure aggregation aborted: {err}") from err
+            raise RoundAbortedError(f"{SECAGG_ABORTED}: {err}") from err
         return (
             torch.from_numpy(np.asarray(result.total, dtype=np.float64)),
             np.array(sorted(result.included), dtype=np.int64),
@@ -420,14 +421,7 @@ def make_sinks(
         from fedrec.privacy.he import HEKeyHolder
 
         key_holder = HEKeyHolder(priv.he.poly_modulus_degree)
-    secagg_config = None
-    if priv.secagg.enabled:
-        from fedrec.privacy.secagg import SecAggConfig
-
-        s = priv.secagg
-        secagg_config = SecAggConfig(
-            neighbours=s.neighbours, threshold=s.threshold, clip=s.clip, bits=s.bits
-        )
+    secagg_config = secagg_of(cfg) if priv.secagg.enabled else None
 
     def protection() -> ClientProtection:
         return privacy.client_protection() if privacy is not None else ClientProtection()
