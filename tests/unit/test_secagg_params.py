@@ -159,10 +159,10 @@ def _seeded_round(config: SecAggConfig, n: int, dim: int, dropped: list[int]) ->
 
 
 def test_a_real_round_at_30_percent_dropout_completes_with_derived_parameters() -> None:
-    n, dim = 120, 4
-    dropped = sorted(np.random.default_rng(0).choice(n, size=36, replace=False).tolist())
-    old_k = 2 * math.ceil(math.log2(n))  # the former default, 14, with threshold 0.5
-    with pytest.warns(SecAggParamsWarning), pytest.raises(SecAggAbort, match="t=8"):
+    n, dim = 60, 4
+    dropped = sorted(np.random.default_rng(2).choice(n, size=18, replace=False).tolist())
+    old_k = 2 * math.ceil(math.log2(n))  # the former default, 12, with threshold 0.5
+    with pytest.warns(SecAggParamsWarning), pytest.raises(SecAggAbort, match="t=7"):
         _seeded_round(SecAggConfig(neighbours=old_k, threshold=0.5), n, dim, dropped)
     derived = SecAggConfig(max_dropout=0.35)
     a = derived.analysis(n)
