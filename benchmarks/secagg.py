@@ -342,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--simulate", type=int, nargs="+", default=None, help="default: clients 6040")
     ap.add_argument("--sim-rounds", type=int, default=1000)
     ap.add_argument("--no-crypto", action="store_true", help="completion simulation only")
+    ap.add_argument(
+        "--crypto-dropout", type=float, nargs="+", default=None, help="default: every --dropout"
+    )
     ap.add_argument("--no-flower", action="store_true", help="skip Flower even if installed")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="100 clients x 10,000 parameters")
@@ -372,12 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     crypto: list[dict[str, Any]] = []
     flower, flower_note = None, "Flower was not run (--no-crypto or --no-flower)."
     if not args.no_crypto:
-        for g in args.dropout:
+        for g in args.dropout if args.crypto_dropout is None else args.crypto_dropout:
             crypto.append(measure_fedrec(args.clients, args.params, g, _config(args, g), args.seed))
         first = crypto[0]
         if "aborted" not in first and not args.no_flower:
             flower, flower_note = measure_flower(
-                args, args.dropout[0], first["neighbours"], first["threshold"]
+                args, first["dropout_fraction"], first["neighbours"], first["threshold"]
             )
     m = describe_machine()
     command = shlex.join(["python", "benchmarks/secagg.py", *sys.argv[1:]])
