@@ -185,9 +185,14 @@ def derive(
     if n < 2:
         raise ValueError(f"secure aggregation needs at least 2 clients, got {n}")
     bound = 2.0**-security_bits
-    for k in [*range(2, n - 1, 2), n - 1]:
+    # With half or more dropping, fewer than the t > (k + 1) / 2 holders survive on average
+    # in any neighbourhood: only the complete graph can work, so skip the sparse ones.
+    sparse = range(2, n - 1, 2) if dropout < 0.5 else range(0)
+    for k in [*sparse, n - 1]:
         if _split_probability(n, k, dropout, collusion) > bound:
             continue  # a sparser ring may split the honest survivors apart
+        if k < n - 1 and abort_probability(n, k, (k + 1) // 2 + 1, dropout) > target:
+            continue  # even the least t allowed (above half) aborts too often: cheap skip
         t = smallest_secure_threshold(n, k, dropout, collusion, security_bits)
         found = analyse(n, k, t, dropout, collusion, target, security_bits)
         if found.secure and (found.meets_target or k == n - 1):
