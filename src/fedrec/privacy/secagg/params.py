@@ -55,7 +55,8 @@ __all__ = [
 
 
 class SecAggParamsWarning(UserWarning):
-    """A hand-set (k, t) that misses the failure target or the security bound."""
+    """A (k, t) that misses the failure target or the security bound: set by hand, or the
+    best a small round at high dropout allows."""
 
 
 @dataclass(frozen=True)
