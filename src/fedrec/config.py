@@ -167,9 +167,22 @@ class SecAggConfig(_Section):
 
     enabled: bool = False
     neighbours: int | None = Field(None, ge=2)
-    """Neighbours per client in the masking graph; None: on the order of log2(clients)."""
-    threshold: float = Field(0.5, gt=0, le=1)
-    """Fraction of a client's neighbourhood needed to unmask it when it drops."""
+    """Neighbours k per client in the masking graph; None: derived with the threshold from
+    the round's size, ``max_dropout``, ``collusion``, ``target_failure`` and
+    ``security_bits`` (Bell et al. 2020 sec. 4; ``fedrec.privacy.secagg.params``)."""
+    threshold: float | None = Field(None, gt=0, le=1)
+    """Fraction of a client's k + 1 share holders needed to rebuild its secrets; None: the
+    smallest the security analysis allows. A hand-set k or threshold that the analysis finds
+    short of ``target_failure`` or insecure is used, with a warning."""
+    max_dropout: float | None = Field(None, ge=0, le=0.9)
+    """Dropout rate the graph and threshold must survive; None: ``federated.dropout`` + 0.05,
+    at least 0.1."""
+    collusion: float = Field(0.01, ge=0, lt=0.5)
+    """Fraction of a round's clients assumed to collude with the server."""
+    target_failure: float = Field(1e-6, gt=0, lt=1)
+    """Acceptable probability that a round aborts for want of surviving share holders."""
+    security_bits: float = Field(40.0, gt=0, le=128)
+    """sigma: the server learns more than the sum with probability at most 2^-sigma."""
     clip: float = Field(4.0, gt=0)
     """Every uploaded value is clipped to [-clip, clip] before fixed-point quantisation."""
     bits: Literal[32, 64] = 32
@@ -379,6 +392,12 @@ class RunConfig(_Section):
             raise ValueError("choose one of privacy.secagg and privacy.he, not both")
         if priv.dp.enabled and priv.ldp.enabled:
             raise ValueError("choose one of privacy.dp (user-level) and privacy.ldp (local)")
+        sa = priv.secagg
+        if sa.enabled and sa.max_dropout is not None and sa.max_dropout < fed.dropout:
+            raise ValueError(
+                f"privacy.secagg.max_dropout = {sa.max_dropout} is below federated.dropout = "
+                f"{fed.dropout}: rounds would abort for want of surviving share holders"
+            )
         if priv.dp.enabled:
             dp = priv.dp
             if dp.noise_multiplier is None and dp.target_epsilon is None:

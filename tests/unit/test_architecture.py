@@ -52,6 +52,7 @@ KNOWN_VIOLATIONS: set[tuple[str, str]] = {
     # the federated <-> privacy cycle (privacy builds on federated; this direction goes)
     ("fedrec.federated.configure", "fedrec.privacy.dp"),
     ("fedrec.federated.configure", "fedrec.privacy.ldp"),
+    ("fedrec.federated.configure", "fedrec.privacy.secagg.config"),
     ("fedrec.federated.configure", "fedrec.privacy.server"),
     ("fedrec.federated.loop", "fedrec.privacy.server"),
     # the deployment reaching into the composition root

@@ -46,12 +46,14 @@ from fedrec.federated.aggregate import Accumulator
 from fedrec.federated.configure import (
     loop_settings,
     make_server_privacy,
+    secagg_max_dropout,
+    secagg_summary,
     selection_of,
     strategy_of,
 )
 from fedrec.federated.layout import ParamLayout
 from fedrec.federated.loop import LoopState, aborted_rounds, run_rounds
-from fedrec.federated.server import RoundAbortedError, RoundOutcome, ServerState
+from fedrec.federated.server import SECAGG_ABORTED, RoundAbortedError, RoundOutcome, ServerState
 from fedrec.privacy.secagg import SecAggAbort, SecAggError, SecAggServer
 from fedrec.privacy.secagg.messages import (
     AdvertiseKeys,
@@ -315,7 +317,11 @@ class NetworkRunner:
             "secagg/ids": list(targets),
             "secagg/dim": self.vector.dim,
             "secagg/neighbours": -1 if s.neighbours is None else s.neighbours,
-            "secagg/threshold": s.threshold,
+            "secagg/threshold": -1.0 if s.threshold is None else s.threshold,
+            "secagg/max_dropout": secagg_max_dropout(self.cfg),
+            "secagg/collusion": s.collusion,
+            "secagg/target_failure": s.target_failure,
+            "secagg/security_bits": s.security_bits,
             "secagg/clip": s.clip,
             "secagg/bits": s.bits,
             "secagg/seed": session_seed,
@@ -383,7 +389,7 @@ class NetworkRunner:
             )
             result = server.aggregate()
         except SecAggAbort as err:
-            raise RoundAbortedError(f"secure aggregation aborted: {err}") from err
+            raise RoundAbortedError(f"{SECAGG_ABORTED}: {err}") from err
         included = sorted(int(c) for c in result.included)
         examples = sum(stats[c][0] for c in included if c in stats)
         loss_sum = sum(stats[c][1] for c in included if c in stats and not math.isnan(stats[c][1]))
@@ -625,6 +631,8 @@ def _serve(
             "client_randomness": cfg.deploy.client_randomness,
         },
     }
+    if cfg.privacy.secagg.enabled:
+        summary["secagg"] = secagg_summary(cfg, history)
     if resumed_from is not None:
         summary["resumed_from_round"] = resumed_from
     if privacy is not None:

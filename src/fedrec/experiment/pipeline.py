@@ -17,6 +17,7 @@ from fedrec.data.loaders import load_dataset, load_table
 from fedrec.data.splits import make_split
 from fedrec.data.table import Interactions, Split
 from fedrec.experiment.outputs import RunDirectory
+from fedrec.federated.configure import secagg_summary
 from fedrec.federated.loop import aborted_rounds
 from fedrec.report.machine import describe_machine
 from fedrec.report.plots import plot_learning_curves
@@ -113,6 +114,8 @@ def summarize(
         if result.privacy is not None:
             summary["privacy"] = result.privacy
         summary["uploads"] = _uploads(cfg)
+        if cfg.privacy.secagg.enabled:
+            summary["secagg"] = secagg_summary(cfg, result.history)
     else:
         summary.update(
             {
