@@ -3,7 +3,9 @@ and audits of simulated runs that must tell the mechanisms apart and catch a bro
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 from fedrec.config import RunConfig
+from fedrec.experiment.outputs import RunDirectory
+from fedrec.experiment.pipeline import Prepared, run_experiment
 from fedrec.privacy.canary import (
     gaussian_epsilon_estimate,
     gdp_delta,
@@ -173,3 +177,19 @@ def test_audit_config_is_validated() -> None:
         _cfg({}, 2)
     with pytest.raises(ValidationError, match="weighted_sampling"):
         _cfg({}, 10, weighted_sampling=True)
+
+
+def test_fedrec_run_with_canaries_writes_audit_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fedrec.experiment.pipeline as pipeline
+
+    split = two_taste_split(n_users=30, n_items=40, per_user=8)
+    monkeypatch.setattr(pipeline, "prepare", lambda cfg: Prepared(split.train, split, 0.0))
+    out = tmp_path / "run"
+    summary = run_experiment(_cfg(DP_EPS1, 20), RunDirectory(out, overwrite=True))
+    audit = json.loads((out / "audit.json").read_text())["canary_audit"]
+    assert audit["canaries"] == 20 and audit["adversary_view"] == "released"
+    assert audit["accounted_epsilon"] == summary["privacy"]["epsilon"]
+    assert 0 <= audit["empirical_epsilon"] <= audit["accounted_epsilon"]
+    assert summary["clients"] == 30
