@@ -193,3 +193,8 @@ def test_fedrec_run_with_canaries_writes_audit_json(
     assert audit["accounted_epsilon"] == summary["privacy"]["epsilon"]
     assert 0 <= audit["empirical_epsilon"] <= audit["accounted_epsilon"]
     assert summary["clients"] == 30
+    coins = audit["per_canary"]["inserted"]
+    assert len(coins) == 20 and sum(coins) == audit["inserted"]
+    scores = [-1e9 if x is None else x for x in audit["per_canary"]["score"]]
+    again = one_run_audit(np.array(scores), np.array(coins, dtype=bool), delta=audit["delta"])
+    assert again.epsilon == pytest.approx(audit["empirical_epsilon"], abs=1e-6)

@@ -237,7 +237,9 @@ class CanaryLedger:
         return self.score.copy()
 
     def report(self, accounted: float | None, delta: float, beta: float = 0.05) -> dict[str, Any]:
-        """AUC, the one-run lower bound, Andrew et al.'s estimate and the accounted epsilon."""
+        """AUC, the one-run lower bound, Andrew et al.'s estimate and the accounted epsilon;
+        ``per_canary`` records the secret coins and the scores (None: never observed), so
+        anyone can recompute them."""
         c = self.canaries
         sc, cos, ins = self.scores(), self.cosines(), c.inserted
         out: dict[str, Any] = {
@@ -262,6 +264,11 @@ class CanaryLedger:
                     "form": bound.form,
                     "guesses": bound.guesses,
                     "correct": bound.correct,
+                },
+                "per_canary": {
+                    "inserted": [int(x) for x in ins],
+                    "score": [round(float(x), 6) if np.isfinite(x) else None for x in sc],
+                    "cosine": [round(float(x), 6) for x in cos],
                 },
                 "gaussian_estimate": {
                     "epsilon": est.epsilon,
