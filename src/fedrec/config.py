@@ -331,6 +331,18 @@ class TrackingConfig(_Section):
     """Extra tags on the MLflow run, beside data set, model, mode and privacy mechanisms."""
 
 
+class AuditConfig(_Section):
+    """Canary auditing during a federated run (``fedrec run`` then writes ``audit.json``)."""
+
+    canaries: int = Field(0, ge=0)
+    """Canary clients added after the real ones, each inserted on a fair secret coin (the
+    one-run bound of Steinke et al. 2023 needs probability 1/2); 0: no audit."""
+    canary_items: int = Field(20, ge=1)
+    """Items (drawn uniformly) whose rows carry each canary's direction."""
+    confidence: float = Field(0.95, gt=0, lt=1)
+    """Confidence of the empirical epsilon lower bound."""
+
+
 class RunConfig(_Section):
     """Top level of a run configuration file."""
 
@@ -346,6 +358,7 @@ class RunConfig(_Section):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @property
     def upload_count_scale(self) -> float | None:
@@ -377,6 +390,19 @@ class RunConfig(_Section):
                 raise ValueError("federated.partition = 'column' needs federated.silo_column")
             if self.model.dropout > 0:
                 raise ValueError("federated training needs model.dropout = 0")
+        if self.audit.canaries:
+            if self.mode != "federated":
+                raise ValueError("audit.canaries needs mode = 'federated' (canaries are clients)")
+            if self.audit.canaries < 4:
+                raise ValueError(
+                    f"audit.canaries = {self.audit.canaries}: use 0 (off) or at least 4, so "
+                    "both coins can come up more than once"
+                )
+            if fed.weighted_sampling:
+                raise ValueError(
+                    "audit.canaries needs federated.weighted_sampling = false: canaries have "
+                    "no data size to be weighted by"
+                )
         self._check_privacy()
         return self
 

@@ -238,18 +238,26 @@ def recommend(
 def audit(
     run_dir: Annotated[Path, typer.Argument(help="A federated run directory.")],
     clients: Annotated[int, typer.Option(help="Clients to attack (at most).")] = 500,
+    canaries: Annotated[
+        int,
+        typer.Option(
+            help="Canaries for a run trained without them (its configuration is trained once "
+            "more with them inserted; a run with [audit] canaries keeps its own audit)."
+        ),
+    ] = 1000,
     out: Annotated[
         Path | None, typer.Option(help="Where to write the JSON (default RUN_DIR/audit.json).")
     ] = None,
 ) -> None:
-    """Attack what the run's server receives: item inference from one replayed round (per
-    client, or from the sum under SecAgg/HE) and membership inference on the final model."""
+    """Canary audit (attack AUC, empirical epsilon lower bound, accounted epsilon), item
+    inference from one replayed round against a popularity prior, and membership inference
+    on the final model."""
     from fedrec.data.errors import DataError
     from fedrec.experiment.audit import audit_run
     from fedrec.utils.atomic import atomic_write_text
 
     try:
-        report = audit_run(run_dir, clients=clients)
+        report = audit_run(run_dir, clients=clients, canaries=canaries)
     except (DataError, ConfigError, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     target = out or run_dir / "audit.json"
@@ -259,28 +267,41 @@ def audit(
 
         if attach_artifact(run_dir, target):  # the run was tracked: its MLflow run gets it too
             console.print(f"added {target.name} to the run's MLflow run")
+    can = report["canary_audit"]
+    table = Table(title=f"privacy audit of {run_dir}")
+    table.add_column("audit")
+    table.add_column("figure", justify="right")
+    table.add_column("reference", justify="right")
+
+    def fmt(v: object) -> str:
+        return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    view = can["adversary_view"]
+    if "auc" in can:
+        table.add_row(
+            f"canary attack AUC ({can['canaries']} canaries, saw {view})", fmt(can["auc"]), "0.500"
+        )
+        table.add_row(
+            f"empirical epsilon, lower bound at {can['confidence']:.0%}",
+            fmt(can["empirical_epsilon"]),
+            f"accounted {fmt(can['accounted_epsilon'])}",
+        )
+        table.add_row(
+            "Gaussian estimate (Andrew et al.)", fmt(can["gaussian_estimate"]["epsilon"]), ""
+        )
+    else:
+        table.add_row("canary audit", can.get("error", "-"), "")
     inf = report["item_inference"]
-    table = Table(title=f"privacy audit of {run_dir} (server saw: {report['server_view']})")
-    table.add_column("attack")
-    table.add_column("ROC-AUC matched", justify="right")
-    table.add_column("ROC-AUC all items", justify="right")
-    table.add_column("precision", justify="right")
-    table.add_column("recall", justify="right")
-    table.add_column("F1", justify="right")
-    table.add_column("random guess (AUC / precision)", justify="right")
     if inf:
         table.add_row(
-            f"item inference ({int(inf['n_clients'])} clients)",
-            f"{inf.get('matched_auc_mean', float('nan')):.3f}",
-            f"{inf['auc_mean']:.3f}",
-            f"{inf['precision_mean']:.3f}",
-            f"{inf['recall_mean']:.3f}",
-            f"{inf['f1_mean']:.3f}",
-            f"0.500 / {inf['baseline_precision_mean']:.4f}",
+            f"item inference, advantage over popularity ({report['server_view']})",
+            fmt(inf["advantage_over_popularity_mean"]),
+            "0.000",
         )
     mia = report.get("membership_inference")
     if mia:
-        table.add_row("membership (final model)", f"{mia['auc']:.3f}", "", "", "", "", "0.500")
+        table.add_row("membership advantage (final model)", fmt(mia["advantage"]), "0.000")
+        table.add_row("membership AUC (popularity-matched)", fmt(mia["auc"]), "0.500")
     console.print(table)
     console.print(f"written: {target}")
 

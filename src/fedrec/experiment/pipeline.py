@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from collections.abc import Callable
@@ -204,6 +205,9 @@ def _run(
         if resume:
             raise ValueError("--resume applies to federated runs (mode = 'federated')")
         result = train_centralized(cfg, prepared.split, on_eval=_log)
+    if isinstance(result, FederatedResult) and result.audit is not None:
+        audit = {"run": str(out.path), "canary_audit": result.audit}
+        atomic_write_text(out.path / "audit.json", json.dumps(audit, indent=2) + "\n")
     if result.per_user_test is not None:
         frame = result.per_user_test.copy()
         if "user" in frame.columns:
