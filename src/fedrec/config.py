@@ -112,6 +112,40 @@ class LocalConfig(_Section):
     """FedProx proximal weight; 0 is plain FedAvg local training."""
 
 
+class DevicesConfig(_Section):
+    """Simulated devices and time (``[federated.devices]``, simulation only): see
+    :mod:`fedrec.federated.devices` for the profiles and where they come from."""
+
+    profile: Literal["none", "phones", "mixed", "silos", "trace"] = "none"
+    """``none``: every client equally fast and always present, no simulated clock."""
+    trace_path: Path | None = None
+    """CSV trace (columns client, speed, down_bw, up_bw, availability) for ``profile = "trace"``."""
+    report_count: int | None = Field(None, ge=1)
+    """K: keep the first K selected clients to finish; the rest are dropped as stragglers."""
+    over_selection: float = Field(0.0, ge=0)
+    """Select ``ceil(K * (1 + over_selection))`` available clients (needs ``report_count``)."""
+    deadline_s: float | None = Field(None, gt=0)
+    """Drop every client whose round takes longer than this many simulated seconds."""
+
+    @model_validator(mode="after")
+    def _check(self) -> DevicesConfig:
+        if (self.profile == "trace") != (self.trace_path is not None):
+            raise ValueError(
+                "federated.devices.trace_path is needed by, and only by, profile = 'trace'"
+            )
+        policy = self.report_count is not None or self.deadline_s is not None
+        if self.profile == "none" and (policy or self.over_selection > 0):
+            raise ValueError(
+                "federated.devices.report_count, over_selection and deadline_s need a device "
+                "profile (federated.devices.profile is 'none')"
+            )
+        if self.over_selection > 0 and self.report_count is None:
+            raise ValueError(
+                "federated.devices.over_selection needs federated.devices.report_count"
+            )
+        return self
+
+
 class FederatedConfig(_Section):
     """Federated training (``mode = "federated"``): clients, sampling, aggregation, rounds."""
 
@@ -152,6 +186,7 @@ class FederatedConfig(_Section):
     continues from the last round's. Under DP it is post-processing (no privacy cost) that
     averages per-round noise; 0 uses the last round's parameters."""
     local: LocalConfig = Field(default_factory=LocalConfig)
+    devices: DevicesConfig = Field(default_factory=DevicesConfig)
 
     @field_validator("strategy")
     @classmethod
@@ -365,6 +400,12 @@ class RunConfig(_Section):
             raise ValueError("choose one of privacy.dp (user-level) and privacy.ldp (local)")
         if priv.dp.enabled:
             dp = priv.dp
+            if fed.devices.profile != "none":
+                raise ValueError(
+                    "privacy.dp accounts sampling uniform over all clients; "
+                    "federated.devices makes participation depend on each device's "
+                    "availability and speed: set federated.devices.profile = 'none'"
+                )
             if dp.noise_multiplier is None and dp.target_epsilon is None:
                 raise ValueError("privacy.dp needs noise_multiplier, target_epsilon, or both")
             if dp.mode == "distributed" and not priv.secagg.enabled:

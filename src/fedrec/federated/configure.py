@@ -9,6 +9,7 @@ import dataclasses
 from fedrec.config import RunConfig
 from fedrec.data.table import Split
 from fedrec.federated.client import LocalSettings
+from fedrec.federated.devices import DeadlinePolicy, DeviceFleet, load_trace, profile_fleet
 from fedrec.federated.loop import LoopSettings
 from fedrec.federated.partition import Partition, by_column, cross_device, random_silos
 from fedrec.federated.selection import Selection
@@ -132,4 +133,24 @@ def loop_settings(cfg: RunConfig) -> LoopSettings:
         target_epsilon=cfg.privacy.dp.target_epsilon,
         delta=cfg.privacy.dp.delta,
         ema_decay=fed.ema_decay,
+    )
+
+
+def device_fleet(cfg: RunConfig, n_clients: int) -> DeviceFleet | None:
+    """The clients' devices (None: ``federated.devices.profile = "none"``, no clock)."""
+    dev = cfg.federated.devices
+    if dev.profile == "none":
+        return None
+    if dev.profile == "trace":
+        assert dev.trace_path is not None  # the config requires it
+        return load_trace(dev.trace_path, n_clients)
+    return profile_fleet(dev.profile, n_clients, cfg.seed)
+
+
+def deadline_policy(cfg: RunConfig) -> DeadlinePolicy:
+    dev = cfg.federated.devices
+    return DeadlinePolicy(
+        report_count=dev.report_count,
+        over_selection=dev.over_selection,
+        deadline_s=dev.deadline_s,
     )

@@ -22,6 +22,8 @@ from fedrec.data.table import Split
 from fedrec.eval.protocols import evaluate
 from fedrec.federated.client import LocalTrainer
 from fedrec.federated.configure import (
+    deadline_policy,
+    device_fleet,
     local_settings,
     loop_settings,
     make_partition,
@@ -29,6 +31,8 @@ from fedrec.federated.configure import (
     selection_of,
     strategy_of,
 )
+from fedrec.federated.devices import DeviceClock, DeviceFleet
+from fedrec.federated.encoding import INDEX_BYTES, tensor_bytes
 from fedrec.federated.layout import ParamLayout
 from fedrec.federated.loop import LoopState, run_rounds
 from fedrec.federated.partition import (
@@ -64,6 +68,8 @@ class FederatedResult(RunResult):
     privacy: dict[str, Any] | None = None
     """What the run spent (epsilon and the numbers that recompute it), when DP or LDP is on."""
     stop_reason: str = ""
+    sim_time_s: float | None = None
+    """Simulated seconds the rounds took (None: no device model)."""
 
 
 def assemble(model: Recommender, shared: Params, private: Params) -> Recommender:
@@ -89,6 +95,41 @@ class Simulation:
     selection: Selection
     state: ServerState
     privacy: ServerPrivacy | None = None
+    clock: DeviceClock | None = None
+
+
+def device_clock(
+    cfg: RunConfig, fleet: DeviceFleet, group: ClientGroup, layout: ParamLayout, shared: Params
+) -> DeviceClock:
+    """The clock of ``fleet``: each client's examples per round (its interactions times the
+    local epochs) and the bytes it is expected to move. The download is the float32 broadcast
+    the engines send; the upload, before training, is estimated from the rows a client will
+    touch: its distinct items plus the sampled negatives, capped at the catalogue."""
+    loc, enc = cfg.federated.local, cfg.federated.encoding
+    n_items, sizes = group.n_items, group.sizes.astype(np.float64)
+    down = float(sum(tensor_bytes(tuple(v.shape), "float32") for v in shared.values()))
+    if cfg.privacy.dense_uploads:
+        up = np.full(len(group), down)
+    else:
+        owner = np.repeat(np.arange(len(group), dtype=np.int64), group.sizes)
+        pairs = np.unique(owner * n_items + group.items.astype(np.int64))
+        distinct = np.bincount(pairs // n_items, minlength=len(group)).astype(np.float64)
+        negatives = 0 if cfg.train.loss == "mse" else loc.negatives
+        extra = sizes * negatives * loc.epochs + cfg.privacy.obfuscation.pseudo_items
+        rows = np.minimum(distinct + extra, n_items)
+        per_row = INDEX_BYTES + sum(
+            tensor_bytes(tuple(shared[n].shape[1:]) or (1,), enc)
+            for n in layout.trained(layout.item_rows)
+        )
+        dense = sum(tensor_bytes(tuple(shared[n].shape), enc) for n in layout.trained(layout.dense))
+        up = rows * per_row + dense
+    return DeviceClock(
+        fleet=fleet,
+        policy=deadline_policy(cfg),
+        examples=sizes * loc.epochs,
+        expected_up=np.asarray(up, dtype=np.float64),
+        expected_down=np.full(len(group), down),
+    )
 
 
 def build_simulation(
@@ -120,6 +161,8 @@ def build_simulation(
         else SequentialEngine(trainer, group, partition, store, settings, sinks=sinks)
     )
     strategy = strategy_of(cfg)
+    fleet = device_fleet(cfg, partition.n_clients)
+    clock = None if fleet is None else device_clock(cfg, fleet, group, layout, shared)
     return Simulation(
         model=model,
         layout=layout,
@@ -132,6 +175,7 @@ def build_simulation(
         selection=selection_of(cfg),
         state=ServerState.initial(shared, strategy, cfg.seed),
         privacy=privacy,
+        clock=clock,
     )
 
 
@@ -220,6 +264,7 @@ def train_federated(
         client_weights=weights,
         on_round=on_round,
         save=save_checkpoint,
+        clock=sim.clock,
     )
     if evaluator.best is not None:
         assemble(model, evaluator.best["shared"], evaluator.best["private"])
@@ -250,4 +295,5 @@ def train_federated(
         timing={"eval": evaluator.seconds, "test_eval": time.perf_counter() - t0},
         privacy=None if privacy is None else privacy.report(),
         stop_reason=loop.stop_reason,
+        sim_time_s=None if sim.clock is None else loop.server.sim_time,
     )
