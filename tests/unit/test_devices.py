@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from fedrec.config import RunConfig
+from fedrec.federated.configure import secagg_max_dropout
 from fedrec.federated.devices import (
     DAY_S,
     HOUR_S,
@@ -321,3 +322,15 @@ def test_learning_curves_against_simulated_hours(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="x_key"):
         plot_learning_curves(history, tmp_path, x_key="hours")
+
+
+def test_over_selected_stragglers_count_as_planned_secagg_dropout() -> None:
+    """SecAgg+ picks (k, t) for the dropout a round plans: 0.3 over-selection cuts 3 of every 13
+    selected clients, so the default becomes 0.3/1.3 + 0.05, and a hand-set rate below it is
+    refused."""
+    devices = {"profile": "silos", "report_count": 10, "over_selection": 0.3}
+    cfg = _cfg(devices, {"secagg": {"enabled": True}}, dropout=0.1)
+    assert secagg_max_dropout(cfg) == pytest.approx(0.3 / 1.3 + 0.05, abs=1e-6)
+    assert secagg_max_dropout(_cfg({}, {"secagg": {"enabled": True}}, dropout=0.1)) == 0.15
+    with pytest.raises(ValueError, match=r"planned dropout 0\.231"):
+        _cfg(devices, {"secagg": {"enabled": True, "max_dropout": 0.2}})

@@ -214,8 +214,12 @@ def train_federated(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     on_resume: Callable[[list[dict[str, Any]]], None] | None = None,
+    read_test: bool = True,
 ) -> FederatedResult:
-    """Federated training of ``cfg.model`` on ``split`` (see module docstring)."""
+    """Federated training of ``cfg.model`` on ``split`` (see module docstring).
+
+    ``read_test = False`` leaves the test rows untouched (empty test metrics): hyperparameter
+    search must decide on validation alone."""
     start = time.perf_counter()
     fed = cfg.federated
     sim = build_simulation(cfg, split)
@@ -273,19 +277,23 @@ def train_federated(
     t0 = time.perf_counter()
     ks = list(cfg.eval.ks)
     scorer = evaluator.scorer
-    test = evaluate(scorer, split, which="test", protocol=cfg.eval.protocol, ks=ks)
+    test_metrics: dict[str, float] = {}
+    per_user_test = None
     test_full = None
-    if cfg.eval.also_full and cfg.eval.protocol != "full":
-        test_full = dict(evaluate(scorer, split, which="test", protocol="full", ks=ks).metrics)
+    if read_test:
+        test = evaluate(scorer, split, which="test", protocol=cfg.eval.protocol, ks=ks)
+        test_metrics, per_user_test = dict(test.metrics), test.per_user
+        if cfg.eval.also_full and cfg.eval.protocol != "full":
+            test_full = dict(evaluate(scorer, split, which="test", protocol="full", ks=ks).metrics)
     return FederatedResult(
         model=model,
         history=loop.history,
         best_round=loop.best_round,
         rounds_run=loop.server.round,
         best_valid=dict(loop.best_valid),
-        test_metrics=dict(test.metrics),
+        test_metrics=test_metrics,
         test_full=test_full,
-        per_user_test=test.per_user,
+        per_user_test=per_user_test,
         seconds=time.perf_counter() - start,
         seconds_per_round=float(np.mean(loop.round_seconds)) if loop.round_seconds else 0.0,
         bytes_up=loop.bytes_up,
