@@ -304,7 +304,8 @@ class DeviceClock:
     and the bytes it is expected to move. The expected upload decides who reports first (the
     exact encoded size exists only after training, and a secure aggregation must know its
     dropouts before the sums form); the round's time is then taken from the bytes actually
-    encoded."""
+    encoded, so where the estimate is short (e.g. a secure aggregation's protocol messages) a
+    round can end a little after ``deadline_s``."""
 
     fleet: DeviceFleet
     policy: DeadlinePolicy
