@@ -113,6 +113,40 @@ class LocalConfig(_Section):
     """FedProx proximal weight; 0 is plain FedAvg local training."""
 
 
+class DevicesConfig(_Section):
+    """Simulated devices and time (``[federated.devices]``, simulation only): see
+    :mod:`fedrec.federated.devices` for the profiles and where they come from."""
+
+    profile: Literal["none", "phones", "mixed", "silos", "trace"] = "none"
+    """``none``: every client equally fast and always present, no simulated clock."""
+    trace_path: Path | None = None
+    """CSV trace (columns client, speed, down_bw, up_bw, availability) for ``profile = "trace"``."""
+    report_count: int | None = Field(None, ge=1)
+    """K: keep the first K selected clients to finish; the rest are dropped as stragglers."""
+    over_selection: float = Field(0.0, ge=0)
+    """Select ``ceil(K * (1 + over_selection))`` available clients (needs ``report_count``)."""
+    deadline_s: float | None = Field(None, gt=0)
+    """Drop every client whose round takes longer than this many simulated seconds."""
+
+    @model_validator(mode="after")
+    def _check(self) -> DevicesConfig:
+        if (self.profile == "trace") != (self.trace_path is not None):
+            raise ValueError(
+                "federated.devices.trace_path is needed by, and only by, profile = 'trace'"
+            )
+        policy = self.report_count is not None or self.deadline_s is not None
+        if self.profile == "none" and (policy or self.over_selection > 0):
+            raise ValueError(
+                "federated.devices.report_count, over_selection and deadline_s need a device "
+                "profile (federated.devices.profile is 'none')"
+            )
+        if self.over_selection > 0 and self.report_count is None:
+            raise ValueError(
+                "federated.devices.over_selection needs federated.devices.report_count"
+            )
+        return self
+
+
 class FederatedConfig(_Section):
     """Federated training (``mode = "federated"``): clients, sampling, aggregation, rounds."""
 
@@ -153,6 +187,14 @@ class FederatedConfig(_Section):
     continues from the last round's. Under DP it is post-processing (no privacy cost) that
     averages per-round noise; 0 uses the last round's parameters."""
     local: LocalConfig = Field(default_factory=LocalConfig)
+    devices: DevicesConfig = Field(default_factory=DevicesConfig)
+
+    @property
+    def planned_dropout(self) -> float:
+        """The share of selected clients a round plans to lose: the simulated faults, or the
+        over-selected stragglers a deadline policy cuts, whichever is larger."""
+        extra = self.devices.over_selection
+        return max(self.dropout, extra / (1 + extra))
 
     @field_validator("strategy")
     @classmethod
@@ -175,8 +217,8 @@ class SecAggConfig(_Section):
     smallest the security analysis allows. A hand-set k or threshold that the analysis finds
     short of ``target_failure`` or insecure is used, with a warning."""
     max_dropout: float | None = Field(None, ge=0, le=0.9)
-    """Dropout rate the graph and threshold must survive; None: ``federated.dropout`` + 0.05,
-    at least 0.1."""
+    """Dropout rate the graph and threshold must survive; None: ``federated.dropout`` (or the
+    over-selected stragglers' share, if larger) + 0.05, at least 0.1."""
     collusion: float = Field(0.01, ge=0, lt=0.5)
     """Fraction of a round's clients assumed to collude with the server."""
     target_failure: float = Field(1e-6, gt=0, lt=1)
@@ -403,6 +445,11 @@ class RunConfig(_Section):
                     "audit.canaries needs federated.weighted_sampling = false: canaries have "
                     "no data size to be weighted by"
                 )
+            if fed.devices.profile != "none":
+                raise ValueError(
+                    "audit.canaries needs federated.devices.profile = 'none': canaries have no "
+                    "device, so the clock could not time them"
+                )
         self._check_privacy()
         return self
 
@@ -419,13 +466,21 @@ class RunConfig(_Section):
         if priv.dp.enabled and priv.ldp.enabled:
             raise ValueError("choose one of privacy.dp (user-level) and privacy.ldp (local)")
         sa = priv.secagg
-        if sa.enabled and sa.max_dropout is not None and sa.max_dropout < fed.dropout:
+        if sa.enabled and sa.max_dropout is not None and sa.max_dropout < fed.planned_dropout:
             raise ValueError(
-                f"privacy.secagg.max_dropout = {sa.max_dropout} is below federated.dropout = "
-                f"{fed.dropout}: rounds would abort for want of surviving share holders"
+                f"privacy.secagg.max_dropout = {sa.max_dropout} is below the planned dropout "
+                f"{fed.planned_dropout:.3g} (federated.dropout, or the stragglers of "
+                "federated.devices.over_selection): rounds would abort for want of surviving "
+                "share holders"
             )
         if priv.dp.enabled:
             dp = priv.dp
+            if fed.devices.profile != "none":
+                raise ValueError(
+                    "privacy.dp accounts sampling uniform over all clients; "
+                    "federated.devices makes participation depend on each device's "
+                    "availability and speed: set federated.devices.profile = 'none'"
+                )
             if dp.noise_multiplier is None and dp.target_epsilon is None:
                 raise ValueError("privacy.dp needs noise_multiplier, target_epsilon, or both")
             if dp.mode == "distributed" and not priv.secagg.enabled:

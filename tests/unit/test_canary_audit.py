@@ -177,6 +177,8 @@ def test_audit_config_is_validated() -> None:
         _cfg({}, 2)
     with pytest.raises(ValidationError, match="weighted_sampling"):
         _cfg({}, 10, weighted_sampling=True)
+    with pytest.raises(ValidationError, match="no device"):
+        _cfg({}, 10, devices={"profile": "silos"})
 
 
 def test_fedrec_run_with_canaries_writes_audit_json(

@@ -108,6 +108,9 @@ def summarize(
                 },
             }
         )
+        if result.sim_time_s is not None:
+            summary["sim_time_s"] = result.sim_time_s
+            summary["sim_hours"] = result.sim_time_s / 3600
         if result.resumed_from is not None:
             summary["resumed_from_round"] = result.resumed_from
         summary["stop_reason"] = result.stop_reason
@@ -218,6 +221,8 @@ def _run(
         torch.save(result.model.state_dict(), fh)
     x_key = "round" if cfg.mode == "federated" else "epoch"
     plot_learning_curves(result.history, out.path / "plots", x_key=x_key)
+    if isinstance(result, FederatedResult) and result.sim_time_s is not None:
+        plot_learning_curves(result.history, out.path / "plots" / "sim_hours", x_key="sim_hours")
     summary = summarize(cfg, prepared, result, time.perf_counter() - start)
     out.write_summary(summary)
     return summary

@@ -14,6 +14,7 @@ import numpy as np
 from fedrec.config import RunConfig
 from fedrec.data.table import Split
 from fedrec.federated.client import LocalSettings
+from fedrec.federated.devices import DeadlinePolicy, DeviceFleet, load_trace, profile_fleet
 from fedrec.federated.loop import LoopSettings
 from fedrec.federated.partition import Partition, by_column, cross_device, random_silos
 from fedrec.federated.selection import Selection
@@ -145,9 +146,10 @@ def loop_settings(cfg: RunConfig) -> LoopSettings:
 def secagg_max_dropout(cfg: RunConfig) -> float:
     """The dropout rate SecAgg+ parameters are chosen for: the configured one plus a margin for
     rates above it (the binomial analysis covers the randomness at the rate itself), at least
-    the 10% every deployment should expect."""
+    the 10% every deployment should expect. Over-selected stragglers count as planned dropout."""
     s = cfg.privacy.secagg
-    return default_max_dropout(cfg.federated.dropout) if s.max_dropout is None else s.max_dropout
+    planned = cfg.federated.planned_dropout
+    return default_max_dropout(planned) if s.max_dropout is None else s.max_dropout
 
 
 def default_max_dropout(dropout: float) -> float:
@@ -198,3 +200,23 @@ def secagg_summary(cfg: RunConfig, history: Sequence[dict[str, Any]]) -> dict[st
             "insecurity_bound": typical.insecurity,
         }
     return out
+
+
+def device_fleet(cfg: RunConfig, n_clients: int) -> DeviceFleet | None:
+    """The clients' devices (None: ``federated.devices.profile = "none"``, no clock)."""
+    dev = cfg.federated.devices
+    if dev.profile == "none":
+        return None
+    if dev.profile == "trace":
+        assert dev.trace_path is not None  # the config requires it
+        return load_trace(dev.trace_path, n_clients)
+    return profile_fleet(dev.profile, n_clients, cfg.seed)
+
+
+def deadline_policy(cfg: RunConfig) -> DeadlinePolicy:
+    dev = cfg.federated.devices
+    return DeadlinePolicy(
+        report_count=dev.report_count,
+        over_selection=dev.over_selection,
+        deadline_s=dev.deadline_s,
+    )

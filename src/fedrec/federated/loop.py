@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from fedrec.federated.devices import DeviceClock
 from fedrec.federated.selection import Selection
 from fedrec.federated.server import ClientRunner, ServerState, run_round
 from fedrec.federated.strategies import Strategy
@@ -147,6 +148,7 @@ def run_rounds(
     client_weights: npt.NDArray[np.float64] | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     save: Callable[[LoopState], None] | None = None,
+    clock: DeviceClock | None = None,
 ) -> LoopState:
     """Run rounds from ``loop.server.round`` until ``s.rounds``, a stop rule, or the budget;
     returns the final loop state (``stop_reason`` says why it ended)."""
@@ -167,6 +169,7 @@ def run_rounds(
             per_row_items=s.per_row_items,
             client_weights=client_weights,
             finalizer=privacy,
+            clock=clock,
         )
         if privacy is not None:
             report.extra.update(privacy_record(privacy))

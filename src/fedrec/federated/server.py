@@ -8,7 +8,7 @@ numpy generator state, so it checkpoints and resumes bit-identically.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from fedrec.federated.aggregate import Accumulator
+from fedrec.federated.devices import DeviceClock
 from fedrec.federated.selection import Selection
 from fedrec.federated.strategies import Strategy
 
@@ -30,6 +31,8 @@ class ServerState:
     shared: Params
     strategy_state: dict[str, Tensor]
     rng_state: dict[str, Any]
+    sim_time: float = 0.0
+    """Simulated seconds since the run began (advanced only when a device clock is on)."""
 
     @staticmethod
     def initial(shared: Params, strategy: Strategy, seed: int) -> ServerState:
@@ -47,6 +50,7 @@ class ServerState:
             "shared": self.shared,
             "strategy_state": self.strategy_state,
             "rng_state": self.rng_state,
+            "sim_time": self.sim_time,
         }
 
     @staticmethod
@@ -56,6 +60,7 @@ class ServerState:
             shared=dict(d["shared"]),
             strategy_state=dict(d["strategy_state"]),
             rng_state=dict(d["rng_state"]),
+            sim_time=float(d.get("sim_time", 0.0)),
         )
 
 
@@ -141,13 +146,41 @@ def run_round(
     per_row_items: bool,
     client_weights: npt.NDArray[np.float64] | None = None,
     finalizer: Finalizer | None = None,
+    clock: DeviceClock | None = None,
 ) -> tuple[ServerState, RoundReport]:
-    """One federated round; returns the next server state and what happened."""
+    """One federated round; returns the next server state and what happened.
+
+    With a ``clock``, the round starts once some client is available, selects among the
+    available ones only, and the clients its deadline policy cuts are dropouts exactly like
+    failed ones (a secure aggregation recovers from both the same way).
+    """
     start = time.perf_counter()
     gen = np.random.Generator(np.random.PCG64())
     gen.bit_generator.state = state.rng_state
-    selected = selection.select(n_clients, gen, client_weights)
-    survivors, dropped = selection.drop(selected, gen)
+    t0 = state.sim_time
+    late = np.zeros(0, dtype=np.int64)
+    if clock is None:
+        selected = selection.select(n_clients, gen, client_weights)
+        survivors, dropped = selection.drop(selected, gen)
+    else:
+        t0 = clock.fleet.next_available(state.sim_time)
+        if not np.isfinite(t0):
+            raise RuntimeError("no client is ever available: every device has no window")
+        avail = np.flatnonzero(clock.fleet.available(t0)).astype(np.int64)
+        count = clock.policy.select_count
+        sel = (
+            selection
+            if count is None
+            else replace(selection, sampling="count", count=min(count, len(avail)))
+        )
+        w = None if client_weights is None else client_weights[avail]
+        selected = avail[sel.select(len(avail), gen, w)]
+        survivors, dropped = selection.drop(selected, gen)
+        survivors, late = clock.keep(survivors, t0)
+        dropped = np.union1d(dropped, late).astype(np.int64)
+    ran = survivors
+    sent_up: IntArray | None = None
+    sent_down: IntArray | None = None
     new_shared, new_strategy_state = state.shared, state.strategy_state
     loss, examples, up, down = float("nan"), 0, 0, 0
     aborted, released = "", False
@@ -155,6 +188,8 @@ def run_round(
         try:
             outcome = runner.run(survivors, state.shared, state.round, dropped=dropped)
             acc = outcome.accumulator
+            if len(outcome.bytes_up) == len(ran) == len(outcome.bytes_down):
+                sent_up, sent_down = outcome.bytes_up, outcome.bytes_down
             if outcome.lost is not None and len(outcome.lost):
                 survivors = np.setdiff1d(survivors, outcome.lost)
                 dropped = np.union1d(dropped, outcome.lost)
@@ -188,12 +223,25 @@ def run_round(
     if aborted:
         report.extra["aborted"] = aborted
         report.extra["aborted_released"] = released
+    sim_time = state.sim_time
+    if clock is not None:
+        took = clock.round_time(ran, sent_up, sent_down, stragglers=len(late) > 0)
+        sim_time = t0 + took
+        report.extra.update(
+            {
+                "stragglers": len(late),
+                "sim_wait_s": t0 - state.sim_time,
+                "sim_round_s": took,
+                "sim_time_s": sim_time,
+            }
+        )
     return (
         ServerState(
             round=state.round + 1,
             shared=new_shared,
             strategy_state=new_strategy_state,
             rng_state=dict(gen.bit_generator.state),
+            sim_time=sim_time,
         ),
         report,
     )

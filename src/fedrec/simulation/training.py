@@ -22,6 +22,8 @@ from fedrec.data.table import Split
 from fedrec.eval.protocols import evaluate
 from fedrec.federated.client import LocalTrainer
 from fedrec.federated.configure import (
+    deadline_policy,
+    device_fleet,
     local_settings,
     loop_settings,
     make_partition,
@@ -29,6 +31,8 @@ from fedrec.federated.configure import (
     selection_of,
     strategy_of,
 )
+from fedrec.federated.devices import DeviceClock, DeviceFleet
+from fedrec.federated.encoding import INDEX_BYTES, tensor_bytes
 from fedrec.federated.layout import ParamLayout
 from fedrec.federated.loop import LoopState, run_rounds
 from fedrec.federated.partition import (
@@ -68,6 +72,8 @@ class FederatedResult(RunResult):
     stop_reason: str = ""
     audit: dict[str, Any] | None = None
     """The canary audit (``[audit] canaries > 0``)."""
+    sim_time_s: float | None = None
+    """Simulated seconds the rounds took (None: no device model)."""
 
 
 def assemble(model: Recommender, shared: Params, private: Params) -> Recommender:
@@ -98,6 +104,41 @@ class Simulation:
     n_clients: int = 0
     """Clients the server samples from (canaries included)."""
     ledger: CanaryLedger | None = None
+    clock: DeviceClock | None = None
+
+
+def device_clock(
+    cfg: RunConfig, fleet: DeviceFleet, group: ClientGroup, layout: ParamLayout, shared: Params
+) -> DeviceClock:
+    """The clock of ``fleet``: each client's examples per round (its interactions times the
+    local epochs) and the bytes it is expected to move. The download is the float32 broadcast
+    the engines send; the upload, before training, is estimated from the rows a client will
+    touch: its distinct items plus the sampled negatives, capped at the catalogue."""
+    loc, enc = cfg.federated.local, cfg.federated.encoding
+    n_items, sizes = group.n_items, group.sizes.astype(np.float64)
+    down = float(sum(tensor_bytes(tuple(v.shape), "float32") for v in shared.values()))
+    if cfg.privacy.dense_uploads:
+        up = np.full(len(group), down)
+    else:
+        owner = np.repeat(np.arange(len(group), dtype=np.int64), group.sizes)
+        pairs = np.unique(owner * n_items + group.items.astype(np.int64))
+        distinct = np.bincount(pairs // n_items, minlength=len(group)).astype(np.float64)
+        negatives = 0 if cfg.train.loss == "mse" else loc.negatives
+        extra = sizes * negatives * loc.epochs + cfg.privacy.obfuscation.pseudo_items
+        rows = np.minimum(distinct + extra, n_items)
+        per_row = INDEX_BYTES + sum(
+            tensor_bytes(tuple(shared[n].shape[1:]) or (1,), enc)
+            for n in layout.trained(layout.item_rows)
+        )
+        dense = sum(tensor_bytes(tuple(shared[n].shape), enc) for n in layout.trained(layout.dense))
+        up = rows * per_row + dense
+    return DeviceClock(
+        fleet=fleet,
+        policy=deadline_policy(cfg),
+        examples=sizes * loc.epochs,
+        expected_up=np.asarray(up, dtype=np.float64),
+        expected_down=np.full(len(group), down),
+    )
 
 
 def build_simulation(
@@ -145,6 +186,8 @@ def build_simulation(
     if ledger is not None:
         assert sinks is not None
         client_runner = CanaryRunner(runner, ledger.canaries, layout, ledger.vector, sinks)
+    fleet = device_fleet(cfg, partition.n_clients)
+    clock = None if fleet is None else device_clock(cfg, fleet, group, layout, shared)
     return Simulation(
         model=model,
         layout=layout,
@@ -160,6 +203,7 @@ def build_simulation(
         runner=client_runner,
         n_clients=n_clients,
         ledger=ledger,
+        clock=clock,
     )
 
 
@@ -258,6 +302,7 @@ def train_federated(
         client_weights=weights,
         on_round=on_round,
         save=save_checkpoint,
+        clock=sim.clock,
     )
     audit = None
     if sim.ledger is not None:
@@ -302,4 +347,5 @@ def train_federated(
         privacy=None if privacy is None else privacy.report(),
         stop_reason=loop.stop_reason,
         audit=audit,
+        sim_time_s=None if sim.clock is None else loop.server.sim_time,
     )
