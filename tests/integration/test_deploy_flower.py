@@ -95,6 +95,8 @@ def test_deployment_computes_the_simulators_model(
     deployed = torch.load(tmp_path / "plain" / "shared_model.pt", weights_only=True)
     for k, v in deployed.items():
         assert torch.allclose(v, final[k], atol=1e-6), k
+    # A client that missed the selection or the test (an offline node) would leave out users.
+    assert summary["test_clients"] == N
     assert summary["test"] == pytest.approx(sim.test_metrics, abs=1e-9)
     assert summary["clients"] == N and summary["rounds"] == 2
 

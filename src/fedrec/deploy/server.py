@@ -603,6 +603,7 @@ def _serve(
         "protocol": cfg.eval.protocol,
         "valid": loop.best_valid,
         "test": test,
+        "test_clients": evaluator.clients if test else 0,
         "seconds": time.perf_counter() - start,
         "best_round": loop.best_round,
         "rounds": loop.server.round,
