@@ -292,6 +292,7 @@ class Device:
             "n_examples": upd.num_examples,
             "loss": upd.loss,
             "min_inputs": m,
+            "server_model": cfg.privacy.secagg.server_model,
         }
         if protection is None:
             out.update(item_ids=upd.item_ids, item_deltas=upd.item_deltas, dense=upd.dense_deltas)
