@@ -401,7 +401,8 @@ def test_low_order_public_key_gets_its_owner_dropped() -> None:
 
 def test_clients_left_with_too_few_share_holders_are_excluded_not_fatal() -> None:
     n, dim = 12, 10
-    params = RoundParams.create(range(n), dim, SecAggConfig(neighbours=4, threshold=0.5), 0, b"thin")
+    config = SecAggConfig(neighbours=4, threshold=0.5)
+    params = RoundParams.create(range(n), dim, config, 0, b"thin")
     assert params.t == 3
     victim = 0
     gone = set(params.neighbours(victim)[:3])  # 3 of its 4 neighbours never share keys
