@@ -3,21 +3,25 @@ how often rounds complete at a dropout rate with the derived graph degree and th
 
     python benchmarks/secagg.py [--clients 1000 --params 100000 --dropout 0.3 0.1]
                                 [--simulate 1000 6040 --sim-rounds 1000] [--neighbours K]
-                                [--max-dropout G] [--quick] [--flower-python PATH] [--out DIR]
+                                [--max-dropout G] [--server-model M ...] [--quick]
+                                [--flower-python PATH] [--out DIR]
 
 Parameters: k and t are derived for each round size from the design dropout rate (default:
 the dropout + 0.05, at least 0.1, as a run's ``privacy.secagg.max_dropout``), 1% colluding
 clients, a 1e-6 target abort probability and 2^-40 security (``fedrec.privacy.secagg.params``,
-Bell et al. 2020 sec. 4); --neighbours sets k by hand. Completion: for each dropout and each
+Bell et al. 2020 sec. 4), for each --server-model (default both: "semi-honest", the
+documented threat model, and "lies-about-dropouts", the stricter guard); --neighbours sets k
+by hand. Completion: for each dropout and each
 --simulate size, --sim-rounds rounds of the dropout and share-holder process (no
 cryptography: who drops, and whether every survivor's seed and every dropped client's mask key
 keep t surviving holders), with the derived pair and with the previous default
 (k = 2 ceil(log2 n), t = floor((k + 1) / 2) + 1); the predicted abort probability (a union
 bound) is printed next to the measured one.
 
-Cost (for each dropout): 1,000 clients, a 100,000-parameter update, the dropout fraction of the
-clients drop after key sharing and never upload (the costliest dropout for the server: it
-rebuilds their mask keys and every pairwise mask they shared with an uploader), ring Z_2^32.
+Cost (for each dropout, the first --server-model's pair): 1,000 clients, a 100,000-parameter
+update, the dropout fraction of the clients drop after key sharing and never upload (the
+costliest dropout for the server: it rebuilds their mask keys and every pairwise mask they
+shared with an uploader), ring Z_2^32.
 Every client runs the real cryptography in this process, one after the other; a client's
 compute is its time across all four stages (parsing, crypto, quantization, masking, encoding),
 the median taken over the clients that finished the round. The server's compute is timed
@@ -66,12 +70,14 @@ def _dropped(n: int, fraction: float, seed: int) -> list[int]:
     return sorted(rng.choice(n, size=round(fraction * n), replace=False).tolist())
 
 
-def _config(args: argparse.Namespace, dropout: float) -> Any:
+def _config(args: argparse.Namespace, dropout: float, server_model: Any) -> Any:
     from fedrec.federated.configure import default_max_dropout
     from fedrec.privacy.secagg import SecAggConfig
 
     design = default_max_dropout(dropout) if args.max_dropout is None else args.max_dropout
-    return SecAggConfig(neighbours=args.neighbours, max_dropout=max(design, dropout))
+    return SecAggConfig(
+        neighbours=args.neighbours, max_dropout=max(design, dropout), server_model=server_model
+    )
 
 
 def previous_pair(n: int) -> tuple[int, int]:
@@ -83,15 +89,21 @@ def previous_pair(n: int) -> tuple[int, int]:
 
 
 def completion(args: argparse.Namespace, dropout: float, n: int) -> list[dict[str, Any]]:
-    """Simulated completion at this dropout and size, derived pair and previous default."""
+    """Simulated completion at this dropout and size: the derived pair of each server model,
+    and the previous default."""
     from fedrec.privacy.secagg.params import abort_probability, simulate_completion
 
-    derived = _config(args, dropout).analysis(n)
+    pairs = []
+    for model in args.server_model:
+        derived = _config(args, dropout, model).analysis(n)
+        pairs.append((f"derived, {model}", model, derived.k, derived.t))
+    pairs.append(("previous", None, *previous_pair(n)))
     rows = []
-    for pair, (k, t) in (("derived", (derived.k, derived.t)), ("previous", previous_pair(n))):
+    for pair, model, k, t in pairs:
         rows.append(
             {
                 "pair": pair,
+                "server_model": model,
                 "clients": n,
                 "dropout_fraction": dropout,
                 "max_dropout": derived.dropout,
@@ -125,6 +137,7 @@ def measure_fedrec(n: int, dim: int, dropout: float, config: Any, seed: int) -> 
         result = session.finish(dropped=drop)
     except SecAggAbort as err:
         return {
+            "server_model": config.server_model,
             "clients": n,
             "dropout_fraction": len(drop) / n,
             "neighbours": p.k,
@@ -141,6 +154,7 @@ def measure_fedrec(n: int, dim: int, dropout: float, config: Any, seed: int) -> 
     from fedrec.privacy.secagg.params import abort_probability
 
     return {
+        "server_model": config.server_model,
         "clients": n,
         "params": dim,
         "dropped": len(drop),
@@ -331,6 +345,10 @@ def measure_flower(
     return figures, f"Flower timed in a separate venv (`{python}`), same machine and setting."
 
 
+def _load() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def _fmt(p: float) -> str:
     return "0" if p == 0 else f"{p:.1e}"
 
@@ -342,6 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dropout", type=float, nargs="+", default=[0.3, 0.1])
     ap.add_argument("--neighbours", type=int, default=None, help="k by hand; default derived")
     ap.add_argument("--max-dropout", type=float, default=None, help="design dropout rate")
+    ap.add_argument(
+        "--server-model",
+        nargs="+",
+        choices=["semi-honest", "lies-about-dropouts"],
+        default=["semi-honest", "lies-about-dropouts"],
+        help="server models whose derived pairs are simulated; the crypto rounds use the first",
+    )
     ap.add_argument("--simulate", type=int, nargs="+", default=None, help="default: clients 6040")
     ap.add_argument("--sim-rounds", type=int, default=1000)
     ap.add_argument("--no-crypto", action="store_true", help="completion simulation only")
@@ -377,9 +402,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = [row for g in args.dropout for n in sizes for row in completion(args, g, n)]
     crypto: list[dict[str, Any]] = []
     flower, flower_note = None, "Flower was not run (--no-crypto or --no-flower)."
+    load_before = _load()
     if not args.no_crypto:
         for g in args.dropout if args.crypto_dropout is None else args.crypto_dropout:
-            crypto.append(measure_fedrec(args.clients, args.params, g, _config(args, g), args.seed))
+            config = _config(args, g, args.server_model[0])
+            crypto.append(measure_fedrec(args.clients, args.params, g, config, args.seed))
         first = crypto[0]
         if "aborted" not in first and not args.no_flower:
             flower, flower_note = measure_flower(
@@ -392,7 +419,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `{command}`. k and t derived per round size (design dropout: the dropout "
         "+ 0.05, at least 0.1; 1% colluding clients; target abort probability 1e-6; 2^-40 "
-        "security; Bell et al. 2020 sec. 4, `fedrec.privacy.secagg.params`), against the "
+        "security; Bell et al. 2020 sec. 4, `fedrec.privacy.secagg.params`) for each server "
+        "model: `semi-honest` (follows the protocol; t above the colluding neighbours) and "
+        "`lies-about-dropouts` (t also above half of the k + 1 holders), against the "
         "previous default k = 2 ceil(log2 n), t = floor((k + 1) / 2) + 1.",
         "",
         f"## Completion over {args.sim_rounds} simulated rounds",
@@ -418,6 +447,11 @@ def main(argv: list[str] | None = None) -> int:
             "",
             "The dropout fraction of the clients drop after key sharing and never upload. All "
             "clients and the server run in one process, in turn; ring Z_2^32.",
+            "",
+            f"Server model: `{args.server_model[0]}`. Timings are wall-clock on 2 shared cores "
+            f"under load from other jobs (load average {load_before} before the rounds, "
+            f"{_load()} after), so they overstate the cost; "
+            "the bytes are exact.",
             "",
             "| implementation | dropout | k | t | median client ms | p90 client ms | server s "
             "| whole round s | up KiB/client | down KiB/client | max abs error |",
@@ -464,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         result |= {
             key: ours[key]
             for key in (
+                "server_model",
                 "clients",
                 "params",
                 "dropout_fraction",
@@ -481,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         match = [
             r
             for r in settings
-            if r["pair"] == "derived"
+            if r["server_model"] == ours["server_model"]
             and r["clients"] == ours["clients"]
             and r["dropout_fraction"] == ours["dropout_fraction"]
         ]
@@ -495,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         result["flower_ratio_client"] = flower["flower_client_ms_median"] / ours["client_ms_median"]
         result["flower_ratio_server"] = flower["flower_server_s"] / ours["server_s"]
     result["command"] = command
+    result["load_average_before_crypto"] = load_before
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
         args.out / "secagg.json",

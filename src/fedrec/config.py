@@ -225,6 +225,11 @@ class SecAggConfig(_Section):
     """Acceptable probability that a round aborts for want of surviving share holders."""
     security_bits: float = Field(40.0, gt=0, le=128)
     """sigma: the server learns more than the sum with probability at most 2^-sigma."""
+    server_model: Literal["semi-honest", "lies-about-dropouts"] = "semi-honest"
+    """The server the security bound holds against. ``semi-honest`` (the documented threat
+    model) follows the protocol: t must exceed a client's colluding neighbours.
+    ``lies-about-dropouts`` may tell holders different stories about who dropped: t must also
+    exceed half of the k + 1 holders, which at 30% dropout takes a k several times larger."""
     clip: float = Field(4.0, gt=0)
     """Every uploaded value is clipped to [-clip, clip] before fixed-point quantisation."""
     bits: Literal[32, 64] = 32

@@ -308,7 +308,7 @@ class _FlowerLikeTransport(InProcessTransport):
         return out
 
 
-def _deploy_cfg(**dp: Any) -> RunConfig:
+def _deploy_cfg(server_model: str = "semi-honest", **dp: Any) -> RunConfig:
     return RunConfig.model_validate(
         {
             "mode": "federated",
@@ -329,7 +329,7 @@ def _deploy_cfg(**dp: Any) -> RunConfig:
                 "local": {"epochs": 1, "batch_size": 8, "lr": 1.0, "negatives": 2},
             },
             "privacy": {
-                "secagg": {"enabled": True, "clip": 4.0},
+                "secagg": {"enabled": True, "clip": 4.0, "server_model": server_model},
                 "dp": {
                     "enabled": True,
                     "mode": "distributed",
@@ -450,4 +450,23 @@ def test_deployed_client_refuses_a_configuration_that_lowers_m_within_a_run(
     req = Payload(meta=meta)
     req.put_params("shared", torch.load(tmp_path / "out" / "shared_model.pt"))
     with pytest.raises(ClientError, match="at least 2 inputs, fewer than the 4"):
+        handle(dev, "train", req)
+
+
+def test_deployed_client_refuses_a_configuration_that_drops_the_lying_server_guard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _deploy(tmp_path, monkeypatch, _deploy_cfg("lies-about-dropouts"))
+    dev = Device(tmp_path / "shards" / "client-00000", tmp_path / "state" / "client-00000")
+    (run_dir,) = dev.state_dir.glob("run-*")
+    meta = {
+        "config": dump_config(_deploy_cfg()),  # the semi-honest default: a smaller t
+        "round": 2,
+        "nonce": "x",
+        "dense": True,
+        "run": run_dir.name.removeprefix("run-"),
+    }
+    req = Payload(meta=meta)
+    req.put_params("shared", torch.load(tmp_path / "out" / "shared_model.pt"))
+    with pytest.raises(ClientError, match="refusing a later one that drops that guard"):
         handle(dev, "train", req)

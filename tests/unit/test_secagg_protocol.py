@@ -102,7 +102,7 @@ def test_clients_that_never_submit_have_their_pairwise_masks_removed() -> None:
 def test_dropouts_after_submission_up_to_the_threshold_still_reconstruct() -> None:
     n, dim = 11, 40  # complete graph: k = 10, t = ceil(0.5 * 11) = 6
     x = _inputs(n, dim, 3)
-    s = SecAggSession(range(n), dim, SecAggConfig(neighbours=10), round_=2, seed=3)
+    s = SecAggSession(range(n), dim, SecAggConfig(neighbours=10, threshold=0.5), round_=2, seed=3)
     assert (s.params.k, s.params.t) == (10, 6)
     for c in range(n):
         s.submit(c, x[c])
@@ -115,7 +115,7 @@ def test_dropouts_after_submission_up_to_the_threshold_still_reconstruct() -> No
 def test_too_many_dropouts_abort_with_a_clear_message_and_no_result() -> None:
     n, dim = 11, 40
     x = _inputs(n, dim, 4)
-    s = SecAggSession(range(n), dim, SecAggConfig(neighbours=10), round_=2, seed=3)
+    s = SecAggSession(range(n), dim, SecAggConfig(neighbours=10, threshold=0.5), round_=2, seed=3)
     for c in range(n):
         s.submit(c, x[c])
     with pytest.raises(SecAggAbort, match=r"only 5 of 11 clients survived unmasking.*t=6"):
@@ -125,7 +125,7 @@ def test_too_many_dropouts_abort_with_a_clear_message_and_no_result() -> None:
 
 
 def test_too_few_submissions_abort() -> None:
-    s = SecAggSession(range(11), 8, SecAggConfig(neighbours=10), round_=0, seed=0)
+    s = SecAggSession(range(11), 8, SecAggConfig(neighbours=10, threshold=0.5), round_=0, seed=0)
     for c in range(5):
         s.submit(c, np.zeros(8))
     with pytest.raises(SecAggAbort, match=r"only 5 of 11 clients submitted.*t=6"):
@@ -401,7 +401,8 @@ def test_low_order_public_key_gets_its_owner_dropped() -> None:
 
 def test_clients_left_with_too_few_share_holders_are_excluded_not_fatal() -> None:
     n, dim = 12, 10
-    params = RoundParams.create(range(n), dim, SecAggConfig(neighbours=4), 0, b"thin")
+    config = SecAggConfig(neighbours=4, threshold=0.5)
+    params = RoundParams.create(range(n), dim, config, 0, b"thin")
     assert params.t == 3
     victim = 0
     gone = set(params.neighbours(victim)[:3])  # 3 of its 4 neighbours never share keys

@@ -131,6 +131,9 @@ class ClientState:
     min_inputs: int = 1
     """The highest secure-sum minimum (distributed DP's m) this run's configuration has implied
     so far: a later configuration may not lower it."""
+    lying_server: bool = False
+    """Whether this run's configuration has assumed a server that lies about dropouts
+    (``privacy.secagg.server_model``): a later configuration may not drop that guard."""
     best: Params | None = None
     """``private`` when the server last selected a round on validation (the test reads it)."""
     best_round: int = -1
@@ -165,6 +168,7 @@ class ClientState:
             "config_toml": self.config_toml,
             "shard_dir": self.shard_dir,
             "min_inputs": self.min_inputs,
+            "lying_server": self.lying_server,
             "best": self.best,
             "best_round": self.best_round,
         }
@@ -190,6 +194,7 @@ class ClientState:
             config_toml=str(d["config_toml"]),
             shard_dir=str(d["shard_dir"]),
             min_inputs=int(d.get("min_inputs", 1)),
+            lying_server=bool(d.get("lying_server", False)),
             best=d.get("best"),
             best_round=int(d.get("best_round", -1)),
         )
@@ -271,6 +276,13 @@ class Device:
                 f"fewer than the {st.min_inputs} it implied before; refusing to lower it"
             )
         st.min_inputs = m
+        lying = cfg.privacy.secagg.server_model == "lies-about-dropouts"
+        if st.lying_server and not lying:
+            raise ClientError(
+                "this run's configuration assumed a server that lies about dropouts "
+                "(privacy.secagg.server_model); refusing a later one that drops that guard"
+            )
+        st.lying_server = lying
         if round_ < st.round - 1:
             raise ClientError(
                 f"round {round_ + 1} is older than the last round this client trained "
@@ -292,6 +304,7 @@ class Device:
             "n_examples": upd.num_examples,
             "loss": upd.loss,
             "min_inputs": m,
+            "server_model": cfg.privacy.secagg.server_model,
         }
         if protection is None:
             out.update(item_ids=upd.item_ids, item_deltas=upd.item_deltas, dense=upd.dense_deltas)

@@ -92,7 +92,7 @@ def _train(device: Device, req: Payload) -> Payload:
     elif "vector" in out:
         reply.arrays["vector"] = out["vector"].numpy()
     if "secagg/ids" in req.meta:
-        params = round_params(req.meta, round_)
+        params = round_params(req.meta, round_, held=out["server_model"])
         cid = int(describe(device.shard_dir)["client_id"])
         client = SecAggClient(cid, params, min_inputs=int(out["min_inputs"]))
         reply.meta["message"] = client.advertise_keys().to_bytes()

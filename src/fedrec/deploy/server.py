@@ -322,6 +322,7 @@ class NetworkRunner:
             "secagg/collusion": s.collusion,
             "secagg/target_failure": s.target_failure,
             "secagg/security_bits": s.security_bits,
+            "secagg/server_model": s.server_model,
             "secagg/clip": s.clip,
             "secagg/bits": s.bits,
             "secagg/seed": session_seed,

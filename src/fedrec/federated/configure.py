@@ -166,6 +166,7 @@ def secagg_config(cfg: RunConfig) -> SecAggConfig:
         collusion=s.collusion,
         target_failure=s.target_failure,
         security_bits=s.security_bits,
+        server_model=s.server_model,
         clip=s.clip,
         bits=s.bits,
     )
@@ -184,6 +185,7 @@ def secagg_summary(cfg: RunConfig, history: Sequence[dict[str, Any]]) -> dict[st
         "collusion": config.collusion,
         "target_failure": config.target_failure,
         "security_bits": config.security_bits,
+        "server_model": config.server_model,
         "rounds": len(history),
         "aborts": len(aborts),
         "abort_reasons": dict(Counter(aborts).most_common(5)),

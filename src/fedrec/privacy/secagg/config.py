@@ -17,8 +17,10 @@ import numpy.typing as npt
 from fedrec.privacy.secagg.errors import SecAggConfigError
 from fedrec.privacy.secagg.graph import neighbour_graph, valid_neighbours
 from fedrec.privacy.secagg.params import (
+    SERVER_MODELS,
     SecAggParams,
     SecAggParamsWarning,
+    ServerModel,
     analyse,
     derive,
     smallest_secure_threshold,
@@ -40,14 +42,17 @@ class SecAggConfig:
         k is rounded up to even, and k >= n - 1 means the complete graph (plain SecAgg).
     threshold: fraction of a client's k + 1 share holders (its neighbours and itself) that must
         survive to reconstruct its secrets: t = floor(threshold * (k + 1)) + 1, at least 2 and
-        at most k + 1. None -> the smallest t the security analysis allows for this k, which
-        keeps t > (k + 1) / 2 plus the colluding neighbours, so the holders can never hand over
-        t shares of both of a client's secrets (self-mask seed and mask key), each answering
-        once. A hand-set k or t that the analysis finds short of the target or insecure warns.
+        at most k + 1. None -> the smallest t the security analysis allows for this k under
+        ``server_model``: above the colluding neighbours ("semi-honest"), or above half the
+        k + 1 holders plus them ("lies-about-dropouts": then the holders can never hand over t
+        shares of both of a client's secrets, each answering once). A hand-set k or t that the
+        analysis finds short of the target or insecure warns.
     max_dropout: the dropout rate the parameters are chosen to survive.
     collusion: fraction of the round's clients assumed to collude with the server.
     target_failure: acceptable probability that a round aborts for want of share holders.
     security_bits: sigma; the adversary learns more than the sum with probability <= 2^-sigma.
+    server_model: "semi-honest" (follows the protocol) or "lies-about-dropouts" (may tell
+        holders different stories about who dropped); ``params`` states each model's guard.
     clip: inputs are clipped to [-clip, clip] before quantization (silently, as DP clipping).
     bits: the ring Z_{2^bits}, 32 or 64.
     scale: ring units per 1.0; None -> the largest that cannot overflow with n clients.
@@ -59,6 +64,7 @@ class SecAggConfig:
     collusion: float = 0.01
     target_failure: float = 1e-6
     security_bits: float = 40.0
+    server_model: ServerModel = "semi-honest"
     clip: float = 1.0
     bits: int = 32
     scale: float | None = None
@@ -76,6 +82,10 @@ class SecAggConfig:
             raise SecAggConfigError(f"target_failure must be in (0, 1), got {self.target_failure}")
         if not self.security_bits > 0:
             raise SecAggConfigError(f"security_bits must be > 0, got {self.security_bits}")
+        if self.server_model not in SERVER_MODELS:
+            raise SecAggConfigError(
+                f"server_model must be one of {', '.join(SERVER_MODELS)}, got {self.server_model!r}"
+            )
         if not (math.isfinite(self.clip) and self.clip > 0):
             raise SecAggConfigError(f"clip must be positive and finite, got {self.clip}")
         if self.bits not in (32, 64):
@@ -98,7 +108,7 @@ class SecAggConfig:
 def _analysis(config: SecAggConfig, n: int) -> SecAggParams:
     """Cached, so a hand-set pair that misses the target warns once per round size."""
     c = config
-    model = (c.max_dropout, c.collusion, c.target_failure, c.security_bits)
+    model = (c.max_dropout, c.collusion, c.target_failure, c.security_bits, c.server_model)
     if c.neighbours is None and c.threshold is None:
         derived = derive(n, *model)
         _warn(derived)  # only small rounds at high dropout miss the target
@@ -107,7 +117,9 @@ def _analysis(config: SecAggConfig, n: int) -> SecAggParams:
     if c.threshold is not None:
         t = min(k + 1, max(2, math.floor(c.threshold * (k + 1) + 1e-9) + 1))
     else:
-        t = smallest_secure_threshold(n, k, c.max_dropout, c.collusion, c.security_bits)
+        t = smallest_secure_threshold(
+            n, k, c.max_dropout, c.collusion, c.security_bits, c.server_model
+        )
     result = analyse(n, k, t, *model)
     _warn(result)
     return result

@@ -18,13 +18,18 @@ Correctness (the round aborts otherwise). A survivor's seed needs t - 1 of its k
 and by the union bound P(round aborts) <= n p. With the complete graph (k = n - 1) every client
 sees the same survivors, so exactly P(abort) = P[Bin(n, 1 - dropout) <= t - 1].
 
-Security. Each honest holder answers once, with one of the two shares; a colluding holder hands
-over both. The server gets both secrets of an honest client with c colluding neighbours iff
-2 (t - c) <= k + 1 - c, so we need 2t > k + 1 + c: P_collude <= n P[Hypergeom >= 2t - k - 1]
-(impossible when 2t <= k + 1). Separately, the honest survivors must stay connected, or the
-server learns the sum of each component apart: on the Harary ring that takes two runs of k/2
-consecutive positions all dropped or colluding, so P_split <= C(n, 2) (dropout + m/n)^k.
-Derived pairs satisfy P_collude + P_split <= 2^-sigma.
+Security depends on the server model (``server_model``); c is an honest client's number of
+colluding neighbours. "semi-honest" (the documented threat model): the server asks each holder
+for the share the protocol says, so only the colluders' shares reach it besides those; it
+rebuilds a secret iff c >= t: P_collude <= n P[Hypergeom(n - 1, m, k) >= t].
+"lies-about-dropouts": the server may tell some holders a client survived and others it
+dropped; each honest holder answers once, with one of the two shares, a colluding holder hands
+over both, so both secrets are exposed iff 2 (t - c) <= k + 1 - c: we need 2t > k + 1 + c,
+P_collude <= n P[Hypergeom >= 2t - k - 1] (impossible when 2t <= k + 1). The guard forces
+t above half the neighbourhood, so k grows several-fold at high dropout. In both models the
+honest survivors must stay connected, or the server learns the sum of each component apart:
+on the Harary ring that takes two runs of k/2 consecutive positions all dropped or colluding,
+so P_split <= C(n, 2) (dropout + m/n)^k. Derived pairs satisfy P_collude + P_split <= 2^-sigma.
 
 The search: for each even k, the smallest secure t (a larger t only raises the abort
 probability) and the first k whose abort probability meets the target; else the complete
@@ -38,20 +43,38 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal, get_args
 
 import numpy as np
 from scipy.stats import binom, hypergeom
 
 __all__ = [
+    "SERVER_MODELS",
     "SecAggParams",
     "SecAggParamsWarning",
+    "ServerModel",
     "abort_probability",
     "analyse",
+    "check_server_model",
     "derive",
     "security_failure",
     "simulate_completion",
     "smallest_secure_threshold",
 ]
+
+
+ServerModel = Literal["semi-honest", "lies-about-dropouts"]
+SERVER_MODELS: tuple[str, ...] = get_args(ServerModel)
+
+
+def check_server_model(server_model: str) -> ServerModel:
+    if server_model == "semi-honest":
+        return "semi-honest"
+    if server_model == "lies-about-dropouts":
+        return "lies-about-dropouts"
+    raise ValueError(
+        f"unknown SecAgg+ server model {server_model!r}; choose one of: {', '.join(SERVER_MODELS)}"
+    )
 
 
 class SecAggParamsWarning(UserWarning):
@@ -74,6 +97,8 @@ class SecAggParams:
     """Predicted probability that a round aborts (an upper bound unless the graph is complete)."""
     insecurity: float
     """Upper bound on the probability that the adversary learns more than the sum."""
+    server_model: ServerModel = "semi-honest"
+    """The adversary ``insecurity`` is computed against (module docstring)."""
 
     @property
     def meets_target(self) -> bool:
@@ -95,8 +120,8 @@ class SecAggParams:
         if not self.secure:
             out.append(
                 f"SecAgg+ with n={self.n}, k={self.k}, t={self.t} and colluding fraction "
-                f"{self.collusion:.2f}: the adversary may learn more than the sum with "
-                f"probability up to {min(self.insecurity, 1.0):.2g}, above "
+                f"{self.collusion:.2f} ({self.server_model} server): the adversary may learn "
+                f"more than the sum with probability up to {min(self.insecurity, 1.0):.2g}, above "
                 f"2^-{self.security_bits:g}"
             )
         return out
@@ -124,19 +149,34 @@ def _split_probability(n: int, k: int, dropout: float, collusion: float) -> floa
     return min(1.0, n * (n - 1) / 2 * r**k)
 
 
-def _collude_probability(n: int, k: int, t: np.ndarray, collusion: float) -> np.ndarray:
-    """n P[Hypergeom(n - 1, m, k) >= 2t - k - 1] for each t (1 where 2t <= k + 1)."""
+def _exposing(k: int, t: np.ndarray, server_model: ServerModel) -> np.ndarray:
+    """Colluding neighbours that would expose an honest client's secrets."""
+    return t if server_model == "semi-honest" else 2 * t - k - 1
+
+
+def _collude_probability(
+    n: int, k: int, t: np.ndarray, collusion: float, server_model: ServerModel
+) -> np.ndarray:
+    """n P[Hypergeom(n - 1, m, k) >= need] for each t, need from ``_exposing`` (1 where
+    need <= 0)."""
     m = _colluders(n, collusion)
-    need = 2 * t - k - 1  # colluding neighbours that would expose a client
+    need = _exposing(k, t, check_server_model(server_model))
     if k >= n - 1:  # complete graph: every honest client has exactly m colluding neighbours
         return np.where(need <= m, 1.0, 0.0)
     tail = hypergeom.sf(need - 1, n - 1, m, k)
     return np.where(need <= 0, 1.0, np.minimum(1.0, n * tail))
 
 
-def security_failure(n: int, k: int, t: int, dropout: float, collusion: float) -> float:
+def security_failure(
+    n: int,
+    k: int,
+    t: int,
+    dropout: float,
+    collusion: float,
+    server_model: ServerModel = "semi-honest",
+) -> float:
     """P_collude + P_split of the module docstring."""
-    collude = float(_collude_probability(n, k, np.array([t]), collusion)[0])
+    collude = float(_collude_probability(n, k, np.array([t]), collusion, server_model)[0])
     return min(1.0, collude + _split_probability(n, k, dropout, collusion))
 
 
@@ -148,6 +188,7 @@ def analyse(
     collusion: float,
     target: float,
     security_bits: float,
+    server_model: ServerModel = "semi-honest",
 ) -> SecAggParams:
     """The analysis of a given (k, t) (k as the graph will use it)."""
     return SecAggParams(
@@ -159,12 +200,18 @@ def analyse(
         target=target,
         security_bits=security_bits,
         failure=abort_probability(n, k, t, dropout),
-        insecurity=security_failure(n, k, t, dropout, collusion),
+        insecurity=security_failure(n, k, t, dropout, collusion, server_model),
+        server_model=check_server_model(server_model),
     )
 
 
 def smallest_secure_threshold(
-    n: int, k: int, dropout: float, collusion: float, security_bits: float
+    n: int,
+    k: int,
+    dropout: float,
+    collusion: float,
+    security_bits: float,
+    server_model: ServerModel = "semi-honest",
 ) -> int:
     """The smallest t with P_collude + P_split <= 2^-sigma for this k. P_split depends on k
     alone: when it is over the bound no t helps, and t only has to keep P_collude within it
@@ -173,34 +220,43 @@ def smallest_secure_threshold(
     split = _split_probability(n, k, dropout, collusion)
     budget = bound - split if split <= bound else bound
     ts = np.arange(2, k + 2)
-    ok = ts[_collude_probability(n, k, ts, collusion) <= budget]
+    ok = ts[_collude_probability(n, k, ts, collusion, server_model) <= budget]
     return int(ok[0]) if len(ok) else k + 1
 
 
 @lru_cache(maxsize=4096)
 def derive(
-    n: int, dropout: float, collusion: float, target: float, security_bits: float
+    n: int,
+    dropout: float,
+    collusion: float,
+    target: float,
+    security_bits: float,
+    server_model: ServerModel = "semi-honest",
 ) -> SecAggParams:
     """The cheapest (smallest k) secure pair whose abort probability meets the target; if no
     k < n - 1 does, the complete graph (flagged by ``meets_target`` if it misses too)."""
     if n < 2:
         raise ValueError(f"secure aggregation needs at least 2 clients, got {n}")
+    model = check_server_model(server_model)
     bound = 2.0**-security_bits
-    # With half or more dropping, fewer than the t > (k + 1) / 2 holders survive on average
-    # in any neighbourhood: only the complete graph can work, so skip the sparse ones.
-    sparse = range(2, n - 1, 2) if dropout < 0.5 else range(0)
+    lies = model == "lies-about-dropouts"
+    # With half or more dropping, fewer than the t > (k + 1) / 2 holders the lying-server
+    # guard needs survive on average in any neighbourhood: only the complete graph can work.
+    sparse = range(2, n - 1, 2) if dropout < 0.5 or not lies else range(0)
     for k in [*sparse, n - 1]:
         if _split_probability(n, k, dropout, collusion) > bound:
             continue  # a sparser ring may split the honest survivors apart
-        if k < n - 1 and abort_probability(n, k, (k + 1) // 2 + 1, dropout) > target:
-            continue  # even the least t allowed (above half) aborts too often: cheap skip
-        t = smallest_secure_threshold(n, k, dropout, collusion, security_bits)
-        found = analyse(n, k, t, dropout, collusion, target, security_bits)
+        least = (k + 1) // 2 + 1 if lies else 2
+        if k < n - 1 and abort_probability(n, k, least, dropout) > target:
+            continue  # even the least t the model allows aborts too often: cheap skip
+        t = smallest_secure_threshold(n, k, dropout, collusion, security_bits, model)
+        found = analyse(n, k, t, dropout, collusion, target, security_bits, model)
         if found.secure and (found.meets_target or k == n - 1):
             return found
     # Not even the complete graph is secure (too many colluders for any t): say so.
-    t = min(n, (n + _colluders(n, collusion)) // 2 + 1)
-    return analyse(n, n - 1, t, dropout, collusion, target, security_bits)
+    m = _colluders(n, collusion)
+    t = min(n, (n + m) // 2 + 1 if lies else m + 1)
+    return analyse(n, n - 1, t, dropout, collusion, target, security_bits, model)
 
 
 def simulate_completion(
