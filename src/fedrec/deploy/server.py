@@ -66,7 +66,7 @@ from fedrec.privacy.server import ServerPrivacy
 from fedrec.privacy.upload import UploadVector
 from fedrec.report.machine import describe_machine
 from fedrec.report.plots import plot_learning_curves
-from fedrec.tracking import Tracker, open_tracker
+from fedrec.tracking import Tracker, run_tracked
 from fedrec.utils.atomic import atomic_open
 
 log = logging.getLogger("fedrec.deploy")
@@ -486,16 +486,9 @@ def serve(
     Tracking (``[tracking] mlflow``) happens here, on the server: clients never see MLflow."""
     supported(cfg)
     out.write_config(cfg)
-    tracker = open_tracker(cfg, out.path, resume=resume)
-    try:
-        summary = _serve(cfg, transport, out, resume, tracker)
-    except BaseException:
-        if tracker is not None:
-            tracker.finish(None, status="FAILED")
-        raise
-    if tracker is not None:
-        tracker.finish(summary)
-    return summary
+    return run_tracked(
+        cfg, out.path, lambda tracker: _serve(cfg, transport, out, resume, tracker), resume=resume
+    )
 
 
 def _serve(

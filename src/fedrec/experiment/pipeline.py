@@ -23,7 +23,7 @@ from fedrec.federated.loop import aborted_rounds
 from fedrec.report.machine import describe_machine
 from fedrec.report.plots import plot_learning_curves
 from fedrec.simulation.training import FederatedResult, train_federated
-from fedrec.tracking import open_tracker
+from fedrec.tracking import run_tracked
 from fedrec.training.centralized import TrainResult, train_centralized
 from fedrec.utils.atomic import atomic_open, atomic_write_text
 
@@ -165,16 +165,15 @@ def run_experiment(
     extra arguments of :func:`~fedrec.tracking.open_tracker`, e.g. a parent run)."""
     start = time.perf_counter()
     out.write_config(cfg)  # threads are set by the training entry points themselves
-    tracker = open_tracker(cfg, out.path, resume=resume, **(tracking or {}))
-    try:
-        summary = _run(cfg, out, on_eval, resume, tracker.log_record if tracker else None, start)
-    except BaseException:
-        if tracker is not None:
-            tracker.finish(None, status="FAILED")
-        raise
-    if tracker is not None:
-        tracker.finish(summary)
-    return summary
+    return run_tracked(
+        cfg,
+        out.path,
+        lambda tracker: _run(
+            cfg, out, on_eval, resume, tracker.log_record if tracker else None, start
+        ),
+        resume=resume,
+        **(tracking or {}),
+    )
 
 
 def _run(

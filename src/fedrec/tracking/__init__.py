@@ -12,6 +12,7 @@ from fedrec.tracking.mlflow_run import (
     flatten_config,
     metric_key,
     open_tracker,
+    run_tracked,
     tracking_uri,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "flatten_config",
     "metric_key",
     "open_tracker",
+    "run_tracked",
     "tracking_uri",
 ]

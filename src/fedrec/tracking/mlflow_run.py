@@ -295,6 +295,28 @@ def open_tracker(
     return tracker
 
 
+def run_tracked(
+    cfg: RunConfig,
+    run_dir: Path,
+    body: Callable[[Tracker | None], dict[str, Any]],
+    *,
+    resume: bool = False,
+    **extra: Any,
+) -> dict[str, Any]:
+    """``body(tracker)`` inside the MLflow run mirroring ``run_dir`` (None when tracking is
+    off): the run is marked FAILED if ``body`` raises, else finished with its summary."""
+    tracker = open_tracker(cfg, run_dir, resume=resume, **extra)
+    try:
+        summary = body(tracker)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(None, status="FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish(summary)
+    return summary
+
+
 def attach_artifact(run_dir: Path, path: Path) -> bool:
     """Add ``path`` (e.g. a later ``audit.json``) to the MLflow run mirroring ``run_dir``, if
     there is one; a failure is one warning, never an error. True when it was logged."""
