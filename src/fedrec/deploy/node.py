@@ -8,6 +8,7 @@ aggregation also the round's key advertisement), ``secagg`` (the later SecAgg+ s
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,15 @@ if TYPE_CHECKING:
     from fedrec.deploy.client import Device
 
 KINDS = ("hello", "train", "secagg", "evaluate")
+
+
+@dataclass(frozen=True)
+class NodeDirs:
+    """A device's shard and state directories, without :class:`Device`'s torch imports: the
+    ClientApp builds this for every message, and most messages never train."""
+
+    shard_dir: Path
+    state_dir: Path
 
 
 class RefusedError(RuntimeError):
@@ -52,7 +62,7 @@ def _round(req: Payload) -> int:
     return r
 
 
-def handle(device: Device, kind: str, req: Payload) -> Payload:
+def handle(device: NodeDirs | Device, kind: str, req: Payload) -> Payload:
     # "hello" and the SecAgg+ stages are torch-free: their processes start small and fast.
     if kind == "hello":
         return Payload(meta=describe(device.shard_dir))
