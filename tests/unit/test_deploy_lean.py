@@ -70,7 +70,7 @@ def test_hello_and_every_secagg_stage_stay_torch_free(tmp_path: Path) -> None:
     transport.exchange = exchange  # type: ignore[method-assign]
     summary: dict[str, Any] = serve(cfg, transport, RunDirectory(tmp_path / "out"))
     _, seen["hello"] = _in_fresh_process(devices[0], "hello", Payload())
-    assert set(seen) == {"hello", "share", "receipt", "mask", "unmask"}
+    assert set(seen) == {"hello", "share", "mask", "unmask"}
     assert all(heavy == [] for heavy in seen.values()), seen
     assert summary["rounds"] == 1 and np.isfinite(summary["test"]["HR@5"])
 

@@ -125,6 +125,16 @@ def _secagg(state_dir: Path, req: Payload) -> Payload:
         reply = client.receive_shares(ForwardedShares.from_bytes(data)).to_bytes()
     elif stage == "mask":
         vec = pending.vector(round_)
+        forwarded = req.meta.get("forwarded")
+        if isinstance(forwarded, bytes):
+            # Shares and masking request in one message (SecAggServer.forward_and_request_masks):
+            # mask only if every neighbour's share decrypts, else drop out of the round.
+            receipt = client.receive_shares(ForwardedShares.from_bytes(forwarded))
+            if receipt.rejected:
+                pending.clear()
+                raise RefusedError(
+                    f"shares from {list(receipt.rejected)} failed authentication: not masking"
+                )
         reply = client.masked_input(MaskingRequest.from_bytes(data), vec).to_bytes()
     elif stage == "unmask":
         try:

@@ -57,7 +57,6 @@ from fedrec.privacy.secagg.messages import (
     AdvertiseKeys,
     MaskedInput,
     ShareKeys,
-    ShareReceipt,
     UnmaskShares,
 )
 from fedrec.privacy.server import ServerPrivacy
@@ -358,19 +357,27 @@ class NetworkRunner:
                     stats[c] = (n_ex, float(loss))
                 except (RejectedUploadError, SecAggError) as err:
                     self._note(round_, c, f"key advertisement rejected: {err}")
-            # Exchanges 2-5: the SecAgg+ stages.
+            # Exchanges 2-4: the SecAgg+ stages.
             feed(
                 stage("share", server.neighbour_keys()),
                 ShareKeys.from_bytes,
                 server.receive_share_keys,
             )
+            # Shares are forwarded with the masking request (see forward_and_request_masks).
+            merged = server.forward_and_request_masks()
+            reqs = {
+                c: Payload(
+                    meta={
+                        **public,
+                        "stage": "mask",
+                        "forwarded": fwd.to_bytes(),
+                        "message": mask.to_bytes(),
+                    }
+                )
+                for c, (fwd, mask) in merged.items()
+            }
             feed(
-                stage("receipt", server.forward_shares()),
-                ShareReceipt.from_bytes,
-                server.receive_receipt,
-            )
-            feed(
-                stage("mask", server.masking_requests()),
+                self._exchange("secagg", reqs, round_, nonce, traffic),
                 MaskedInput.from_bytes,
                 server.receive_masked_input,
             )
