@@ -21,6 +21,9 @@ from fedrec.deploy.records import from_records, to_records
 
 log = logging.getLogger("fedrec.deploy")
 app = ClientApp()
+answered: list[str] = []
+"""The stages this process answered (one in Flower's process per message): the warm server
+reports each process's CPU time under it."""
 
 
 def _device(context: Context) -> NodeDirs:
@@ -34,7 +37,9 @@ def _device(context: Context) -> NodeDirs:
 
 
 def _answer(kind: str, msg: Message, context: Context) -> Message:
-    reply = handle(_device(context), kind, from_records(msg.content))
+    req = from_records(msg.content)
+    answered.append(f"{kind}/{req.meta.get('stage')}" if kind == "secagg" else kind)
+    reply = handle(_device(context), kind, req)
     return Message(to_records(reply), reply_to=msg)
 
 

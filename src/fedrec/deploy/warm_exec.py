@@ -27,6 +27,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ PRELOAD = (
     "fedrec.deploy.client",
 )
 """What every forked child inherits already imported (``deploy.client`` brings torch)."""
+STATS_PREFIX = "message "
+"""Each child's line on the server's output: ``message {"stage": ..., "cpu_ms": ...}``."""
 _HEADER = struct.Struct("!I")
 _STATUS = struct.Struct("!i")
 MAX_REQUEST = 1 << 20
@@ -111,8 +114,28 @@ def _read_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
 
 
 def _child(request: dict[str, Any], fds: list[int], listener: socket.socket) -> int:
-    """In the fork: become ``flwr-clientapp`` with the shim's arguments, stdio and env."""
+    """In the fork: become ``flwr-clientapp`` with the shim's arguments, stdio and env, then
+    report its CPU and wall time on the server's own output."""
     listener.close()
+    begin = time.perf_counter()
+    report = os.dup(1)
+    code = _become_clientapp(request, fds)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    cpu = os.times()  # a fork starts its own CPU clock at zero
+    app = sys.modules.get("fedrec.deploy.client_app")
+    stats = {
+        "pid": os.getpid(),
+        "stage": ",".join(getattr(app, "answered", [])) or "none",
+        "cpu_ms": round((cpu.user + cpu.system) * 1000, 1),
+        "wall_ms": round((time.perf_counter() - begin) * 1000, 1),
+        "status": code,
+    }
+    os.write(report, f"{STATS_PREFIX}{json.dumps(stats)}\n".encode())
+    return code
+
+
+def _become_clientapp(request: dict[str, Any], fds: list[int]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     for target, fd in enumerate(fds[:3]):
