@@ -1,16 +1,20 @@
-"""A real deployment on loopback against the simulator, same configuration: seconds and bytes
-per round for 20 and 50 clients.
+"""A real deployment on loopback against the simulator, same configuration: seconds, bytes,
+memory and per-message CPU per round for 20, 50 and 100 clients.
 
-    python benchmarks/deploy.py [--clients 20 50] [--rounds 2] [--config PATH] [--out DIR]
+    python benchmarks/deploy.py [--clients 20 50 100] [--rounds 2] [--config PATH] [--out DIR]
 
-Each client is a Flower SuperNode (its own process; each message is answered by a fresh
-ClientApp process, as Flower runs them), over TLS with authenticated nodes, on this one
-machine. The configuration is ``configs/deploy-ml-100k-secagg.toml`` (FedMF on ML-100K, users
-dealt into N organisations, SecAgg+) with ``federated.silos = N``; the simulator runs the
-same configuration in one process. Round time is the median of the rounds (the deployment's
-includes its five message exchanges); bytes are what each client sent and received per
-round as the server counts them (message content, framing aside). Evaluation happens once,
-after the last round, and is not in the round times. The last line printed is one JSON object.
+Each client is a Flower SuperNode (its own process, with its SuperExec), over TLS with
+authenticated nodes, on this one machine; each message is answered by its own ClientApp
+process, forked from one warm server (``fedrec.deploy.warm_exec``) shared by all the nodes.
+The configuration is ``configs/deploy-ml-100k-secagg.toml`` (FedMF on ML-100K, users dealt
+into N organisations, SecAgg+) with ``federated.silos = N``; the simulator runs the same
+configuration in one process. Round time is the median of the rounds (the deployment's
+includes its four message exchanges); bytes are what each client sent and received per round
+as the server counts them (message content, framing aside). Evaluation happens once, after
+the last round, and is not in the round times. Memory: the peak, over the run, of the summed
+RSS and PSS of every process the federation started. Per message: median CPU and wall time of
+a ClientApp process from its fork to its exit, by the stage it answered. The last line printed
+is one JSON object keyed by client count.
 """
 
 from __future__ import annotations

@@ -14,6 +14,12 @@ next); Flower is used through its public command-line contract and is not patche
 One warm server may serve every SuperNode on a machine: it holds no node's state, and the socket
 (mode 0600, in a private folder) admits only the user running the nodes. Without a server the
 shim falls back to the real ``flwr-clientapp``, so a node keeps working, only slower.
+
+Shared by many nodes on one machine (``fedrec deploy local``, load tests), it differs from one
+device per client: the forks share the parent's memory pages and the machine's CPUs, all of the
+machine's ClientApps depend on one server process, and they run under one user, so the
+isolation between clients is that of processes, not of devices. Each client still has its own
+SuperNode, node key, connection, shard and state directory.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ PRELOAD = (
     "flwr.supernode.cli.flwr_clientapp",
     "fedrec.deploy.client_app",
     "fedrec.deploy.client",
+    # imported lazily on a client's first torch.load / key agreement
+    "torch.utils.serialization",
+    "cryptography.hazmat.backends.openssl",
 )
 """What every forked child inherits already imported (``deploy.client`` brings torch)."""
 STATS_PREFIX = "message "
