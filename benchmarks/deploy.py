@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "Where a deployed round's time goes: Flower answers each message with its own "
         "ClientApp process, here forked from fedrec's warm server (fedrec.deploy.warm_exec), "
         "so no process imports Python libraries; an idle SuperNode still polls for messages "
-        "every 3 s (fixed in Flower 1.42) and a SecAgg+ round is five exchanges. "
+        "every 3 s (fixed in Flower 1.42) and a SecAgg+ round is four exchanges. "
         "The simulator runs the same clients' updates and the same SecAgg+ messages in one "
         f"process. Peak RSS of this script: {peak:.0f} MB (the federation's processes are "
         "separate).",

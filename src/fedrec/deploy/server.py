@@ -4,8 +4,8 @@ transport (Flower in production, in-process in tests).
 :class:`NetworkRunner` is a :class:`~fedrec.federated.server.ClientRunner`: it sends the round to
 the selected clients, validates what comes back (:mod:`fedrec.deploy.validate`), and hands
 :func:`~fedrec.federated.server.run_round` the same sums the simulator would. Under secure
-aggregation it drives the real SecAgg+ server over five exchanges (train + advertise keys,
-share keys, share receipts, masked inputs, unmasking); a client that stops answering is
+aggregation it drives the real SecAgg+ server over four exchanges (train + advertise keys,
+share keys, forwarded shares + masked inputs, unmasking); a client that stops answering is
 dropped and the protocol recovers without it. :class:`NetworkEvaluator` asks every connected
 client for metric sums computed with its private rows. :func:`serve` runs
 :func:`~fedrec.federated.loop.run_rounds` with both and writes a run directory like a
