@@ -41,60 +41,9 @@ BASE = {"ml-100k": "ml-100k-fedmf", "ml-1m": "ml-1m-fedmf"}
 # The ML-1M rows were measured with 4 local negatives per positive, half the cost per round of
 # the accuracy configuration's 8; pinned so that a rerun reproduces them.
 PINNED = {"ml-1m": ("federated.local.negatives=4",)}
-# DP rows average item rows over the expected number of clients (a public denominator), not
-# over noisy per-row counts: those counts carry noise z C / count_scale while clipping shrinks
-# the true ones, and over a long run the rows' noise swamped the model (README, "What the
-# server sees"). The rest of each data set's DP recipe was chosen on validation NDCG@10 with
-# central noise of the same z at epsilon 8: ML-100K, server step 5 against 1.25, 2.5, 10, 20
-# and 40; ML-1M, 50 rounds, server step 15, 2 local epochs and 8 negatives (0.5053), against
-# 70 rounds at step 10 (0.4869) or 25 (0.4605 at round 60), 30 rounds at 25 (0.4542), and at
-# 50 rounds with 4 negatives 1 local epoch (0.4822), 2 (0.4975), 3 (0.5005), or 1 epoch with
-# 8 negatives (0.4989) or 1 (0.4169). From the chosen recipe, these did not beat it: server
-# step 20 (0.5000), local step 16 (0.4983), a released moving average, ema_decay 0.8 (0.5088
-# but test HR@10 0.6215 against 0.6233: within noise, so not adopted), FedAvgM (step 1.5,
-# momentum 0.9: 0.3694 against 0.4203 at round 15, stopped) and d = 16 (0.4428 against
-# 0.4512 at round 20, stopped).
-# Without noise (clipping alone) the recipe reaches 0.5510, test HR@10 0.6682. With PLD
-# accounting (z 4.62 for 4.875): 0.5007, test HR@10 0.6267 (RDP: 0.5053, 0.6233; one noise
-# draw apart: seeds 1 and 2 give 0.5109, 0.6152 and 0.5129, 0.6162). Also tried with PLD, as
-# post-processing of the noised sums, and not kept: James-Stein shrinkage of each item row of
-# their running total towards zero (0.4981, 0.6136; at epsilon 1 over 10 rounds 0.3406
-# against 0.3385); per-row server steps from the true per-item client counts, an oracle that
-# private counts could only approach, damping the rows of items with more than 270 clients
-# (step 0.67 / max(count, 270): 0.4178 against 0.4675 at round 25, stopped), or boosting the
-# rows of items with fewer clients, up to 2x (0.4824 against 0.4878 at round 35) or 4x (0.4724
-# against 0.4938 at round 40), both stopped: popularity-proportional steps are about right.
-# Clip weights (``privacy.dp.clip_weights``), chosen on validation with central noise, same
-# noise draws: global bias 0 and item biases 1 (0.5024, test 0.6286), 0.3 (0.5048, 0.6308,
-# chosen), 0.1 (0.5009, 0.6258) or 5 (0.3640 against 0.3813 at round 10, stopped); with 0.3,
-# seeds 1 and 2 give 0.5137, 0.6167 and 0.5163, 0.6202 (without weights 0.5109, 0.6152 and
-# 0.5129, 0.6162): every seed gains, test mean 0.6226 against 0.6194. With them, ema_decay 0.8
-# gave 0.5045, 0.6296 and 0.5155, 0.6199 on seeds 0 and 1: mixed, not adopted. Not kept (before
-# clip weights): item rows and biases initialised from MF trained centrally on public data
-# (ml-latest-small, MovieIDs matched for 2,932 of 3,706 items): 0.5061, test 0.6185 at 50
-# rounds, 0.5058, 0.6162 at 30 (non-private it gives 0.7035 against 0.7008); refitting each
-# user's private row against the final items (up to 40 local epochs) moved valid NDCG@10 by
-# at most 0.001. With the clip weights, d = 64 learns faster early (0.4659 against 0.4537 at
-# round 20; d = 128 0.4458 against 0.4290 at round 15, stopped) but ends behind: 0.4991, test
-# 0.6055 at round 45. BPR loss instead of BCE: 0.3634 against 0.3912 at round 10, stopped.
-# Three local epochs: 0.5048, test 0.6298 (against 0.5048, 0.6308) at 1.5 times the cost.
-# Also behind the recipe (seed 0): local step 4 (0.4932 against 0.4995 at round 45); at most
-# 100 or 250 of a client's positives per round (0.4768; 0.4787 against 0.4854 at round 30,
-# stopped); decoupled server weight decay 0.02 (0.5064: within noise) or 0.05 (0.4970). All
-# items as negatives through the users' Gramian instead of sampled ones (alpha * mean_j
-# s_uj^2, Krichene et al. 2019: clients upload steps * u'u'^T, 34 x 34 values, and no
-# negative's item row; branch ``gramian-negatives``): best 0.4853 (alpha 1, clip 0.3, its
-# weight 0.004, 80 rounds), against 0.4568-0.4847 at 50 rounds over clip weights 0.001-0.1,
-# clips 0.1-1, alpha 1 or 3 and hybrids with 2 or 4 sampled negatives. Without privacy, same
-# recipe, it reaches 0.5404 at round 50 against 0.5485 with 8 sampled negatives (which swing
-# between 0.38 and 0.55 at server step 15 unclipped) and 0.5653 for the none row's settings:
-# the weaker model costs more than the freed clip bound gives.
-# Each client first refitting its private rows against the broadcast items (items frozen) for
-# 1 or 3 local epochs before its two training epochs learns faster (0.4172 or 0.4410 against
-# 0.3912 at round 10) but levels off sooner: 0.4940 at round 50 with 1. Over 25 rounds (PLD z
-# 3.27) with 3 it gives 0.5069 / 0.5154 / 0.5178 on seeds 0-2, test HR@10 0.6276 / 0.6179 /
-# 0.6228 (mean 0.6228 against 0.6226); 2 over 30 rounds 0.5067, 0.6225: the recipe's model in
-# half the rounds, no better, so not built in.
+# Each data set's user-level DP recipe, chosen on validation only by the rule in
+# benchmarks/results/privacy-notes.md, which lists every candidate tried with its validation
+# figures. ML-1M's is also written out as configs/ml-1m-fedmf-secagg-dp.toml.
 # ``--rounds`` overrides the rounds.
 DP_TUNED = {
     "ml-100k": ('federated.item_aggregation="fedavg"', "federated.server_lr=5.0"),
@@ -116,6 +65,9 @@ DP_TUNED = {
         # claim 0.3^2 of their share (in round 1 they carry ~80% of a light client's update,
         # later under 1%, so early rounds give the embeddings more of the bound).
         'privacy.dp.clip_weights={global_bias = 0.0, "item_bias.weight" = 0.3}',
+        # Validate, select and release a moving average of the rounds' shared parameters
+        # (post-processing: it averages the per-round noise).
+        "federated.ema_decay=0.8",
     ),
 }
 DELTA = 1e-6

@@ -150,8 +150,7 @@ class FederatedConfig(_Section):
     """Validate, select and release an exponential moving average of the shared parameters
     over rounds (weights ``ema_decay**age``, debiased) instead of the last round's. Training
     continues from the last round's. Under DP it is post-processing (no privacy cost) that
-    averages per-round noise, though on ML-1M at epsilon 8 it gained nothing measurable (README);
-    0 uses the last round's parameters."""
+    averages per-round noise; 0 uses the last round's parameters."""
     local: LocalConfig = Field(default_factory=LocalConfig)
 
     @field_validator("strategy")
@@ -188,7 +187,9 @@ class DPConfig(_Section):
     noise_multiplier: float | None = Field(None, ge=0)
     target_epsilon: float | None = Field(None, gt=0)
     """The budget: training stops before a round that would exceed it. Without
-    ``noise_multiplier``, the noise is calibrated so ``federated.rounds`` rounds spend it."""
+    ``noise_multiplier``, the noise is calibrated so ``federated.rounds`` rounds spend it.
+    It is spent against the configured threat model: ``distributed``, the server, which picks
+    the participants (no amplification by sampling); ``central``, the released model."""
     delta: float = Field(1e-5, gt=0, lt=1)
     accountant: Literal["rdp", "pld"] = "rdp"
     count_scale: float = Field(0.1, gt=0)
@@ -236,6 +237,7 @@ class LDPConfig(_Section):
     epsilon: float = Field(8.0, gt=0)
     """Per-round epsilon of one client's upload."""
     delta: float = Field(1e-5, gt=0, lt=1)
+    """Gaussian mechanism: the per-round delta, and the delta of the composed epsilon."""
     clip: float = Field(1.0, gt=0)
 
 

@@ -1,6 +1,6 @@
-"""The README's "On separate machines" recipe, command by command, on loopback.
+"""The "On separate machines" recipe of docs/deployment.md, command by command, on loopback.
 
-The commands are read from the README itself and run with the real ``fedrec`` and Flower
+The commands are read from that page itself and run with the real ``fedrec`` and Flower
 CLIs; only what cannot be real on one machine is substituted: the server's name (node 0
 reaches it as ``localhost``, node 1 as ``127.0.0.1``), the bind-all address (127.0.0.1: the
 SuperLink's own SuperExec dials 127.0.0.1 either way), ports, paths, the number of nodes and
@@ -42,7 +42,7 @@ from fedrec.utils.atomic import atomic_write_text
 
 pytestmark = pytest.mark.slow
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+RECIPE_PAGE = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
 NODES = 2
 SERVER = "server.example.org"
 DAEMONS = ("flower-superlink", "flower-supernode")
@@ -50,7 +50,7 @@ DAEMONS = ("flower-superlink", "flower-supernode")
 
 def recipe() -> tuple[list[list[str]], dict[str, str], dict[str, Any]]:
     """The recipe's commands, its exported variables and the flwr config it describes."""
-    text = README.read_text()
+    text = RECIPE_PAGE.read_text()
     start = text.index("```bash", text.index("On separate machines"))
     block = text[start + len("```bash") : text.index("```", start + len("```bash"))]
     commands: list[list[str]] = []
@@ -129,7 +129,7 @@ def _config(work: Path) -> Path:
 
 
 class Recipe:
-    """Runs the README's commands in ``work`` with loopback substitutions."""
+    """Runs the recipe's commands in ``work`` with loopback substitutions."""
 
     def __init__(self, work: Path, exports: dict[str, str]) -> None:
         self.work = work
@@ -220,7 +220,7 @@ def test_readme_recipe_runs_on_loopback(tmp_path: Path) -> None:
     programs = [c[0] for c in commands]
     assert set(programs) <= {"fedrec", "flwr", *DAEMONS}, programs
     r = Recipe(tmp_path, exports)
-    # The flwr config as the README describes it, with the loopback address.
+    # The flwr config as the recipe describes it, with the loopback address.
     default = flwr_config["superlink"]["default"]
     conn = flwr_config["superlink"][default]
     address, ca = r.local(conn["address"]), r.local(conn["root-certificates"])

@@ -6,6 +6,7 @@ import json
 import math
 
 import dp_accounting
+import numpy as np
 import pytest
 from dp_accounting.rdp import rdp_privacy_accountant
 from hypothesis import given, settings
@@ -69,7 +70,11 @@ def test_describe_recomputes_epsilon_independently() -> None:
         "accountant",
         "population",
         "sample_size",
+        "amplification",
+        "neighboring_relation",
+        "dp_event",
     }
+    assert d["amplification"] is True and d["neighboring_relation"] == "REPLACE_ONE"
     # Replace-one: the clipped sum's sensitivity is 2C, so the ratio is z / 2.
     event = dp_accounting.SelfComposedDpEvent(
         dp_accounting.SampledWithoutReplacementDpEvent(
@@ -97,9 +102,13 @@ def test_describe_fields() -> None:
         "sampling",
         "rounds",
         "accountant",
+        "amplification",
+        "neighboring_relation",
+        "dp_event",
     }
     d = acc.describe(DELTA)
     assert (d["rounds"], d["sampling"], d["accountant"]) == (3, "poisson", "rdp")
+    assert d["dp_event"] == repr(acc.dp_event()) and "PoissonSampledDpEvent" in d["dp_event"]
     pld = PrivacyAccountant(1.0, 0.1, accountant="pld", pld_discretization=1e-2)
     assert pld.describe(DELTA)["pld_discretization"] == 1e-2
 
@@ -345,3 +354,82 @@ def test_method_errors() -> None:
         acc.step(1.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="target_epsilon"):
         acc.would_exceed(0.0, DELTA)
+
+
+# ----------------------------------------------------------------- against the sampler
+def _gdp_epsilon(mu: float, delta: float) -> float:
+    """Epsilon of a mu-GDP mechanism at ``delta`` (Dong, Roth & Su 2022, Cor. 2.13), solved by
+    bisection: T rounds of the Gaussian mechanism at z are exactly sqrt(T)/z-GDP."""
+    from scipy import stats
+
+    def d(eps: float) -> float:
+        return float(
+            stats.norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * stats.norm.cdf(-eps / mu - mu / 2)
+        )
+
+    lo, hi = 0.0, 200.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if d(mid) > delta else (lo, mid)
+    return hi
+
+
+def test_without_amplification_is_the_plain_gaussian_mechanism_composed() -> None:
+    """Against whoever picked the participants, q = 0.1 counts as q = 1."""
+    z, rounds = 4.0, 50
+    acc = PrivacyAccountant(z, 0.1, "poisson", "pld")
+    acc.step(rounds)
+    server = acc.without_amplification()
+    assert server.steps == rounds and not server.amplification and acc.amplification
+    assert server.epsilon(DELTA) == pytest.approx(
+        _gdp_epsilon(math.sqrt(rounds) / z, DELTA), rel=1e-6
+    )
+    assert server.epsilon(DELTA) == pytest.approx(8.5959, abs=1e-3)
+    assert acc.epsilon(DELTA) < 1.0  # amplified: against the released model only
+
+
+def test_rdp_without_amplification_is_alpha_over_two_z_squared_per_round() -> None:
+    z, rounds = 1.0, 100
+    amplified = PrivacyAccountant(z, 0.1)
+    amplified.step(rounds)
+    server = amplified.without_amplification()
+    orders = np.array(rdp_privacy_accountant.DEFAULT_RDP_ORDERS, dtype=float)
+    hand = rdp_privacy_accountant.compute_epsilon(orders, rounds * orders / (2 * z * z), DELTA)[0]
+    assert server.epsilon(DELTA) == pytest.approx(hand, rel=1e-12)
+    assert server.epsilon(DELTA) == pytest.approx(96.116, abs=1e-3)
+    assert amplified.epsilon(DELTA) == pytest.approx(7.90, abs=0.005)
+    everyone = PrivacyAccountant(z, 1.0)
+    everyone.step(rounds)
+    assert server.epsilon(DELTA) == pytest.approx(everyone.epsilon(DELTA), rel=1e-12)
+
+
+def test_fixed_size_sampling_without_amplification_keeps_the_replace_one_ratio() -> None:
+    acc = PrivacyAccountant(2.0, sampling="fixed", population=100, sample_size=10)
+    acc.step(10)
+    server = acc.without_amplification()
+    assert server.neighboring_relation == dp_accounting.NeighboringRelation.REPLACE_ONE
+    gaussian = PrivacyAccountant(1.0, 1.0)  # z / 2: sensitivity 2C
+    gaussian.step(10)
+    assert server.epsilon(DELTA) == pytest.approx(gaussian.epsilon(DELTA), rel=1e-12)
+
+
+def test_amplification_survives_a_checkpoint_and_old_states_were_amplified() -> None:
+    server = PrivacyAccountant(1.0, 0.2).without_amplification()
+    server.step(3)
+    again = PrivacyAccountant.from_dict(json.loads(json.dumps(server.to_dict())))
+    assert not again.amplification and again.epsilon(DELTA) == server.epsilon(DELTA)
+    old = {k: v for k, v in PrivacyAccountant(1.0, 0.2).to_dict().items() if k != "amplification"}
+    assert PrivacyAccountant.from_dict(old).amplification
+    with pytest.raises(ValueError, match="amplification"):
+        PrivacyAccountant(1.0, 0.2, amplification="no")  # type: ignore[arg-type]
+
+
+def test_calibration_without_amplification_spends_the_target_against_the_server() -> None:
+    z = calibrate_noise(8.0, DELTA, 20, 0.1, amplification=False)
+    acc = PrivacyAccountant(z, 0.1, amplification=False)
+    assert (
+        acc.epsilon_after(20, DELTA)
+        <= 8.0
+        < PrivacyAccountant(z - 2e-3, 0.1, amplification=False).epsilon_after(20, DELTA)
+    )
+    assert z > calibrate_noise(8.0, DELTA, 20, 0.1)  # more noise than the amplified figure needs

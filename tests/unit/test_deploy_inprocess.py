@@ -83,6 +83,48 @@ def test_deployment_computes_the_simulators_model(tmp_path: Path) -> None:
     assert (out / "config.toml").exists() and (out / "metrics.jsonl").exists()
 
 
+def test_deployment_reads_test_once_at_the_end_with_the_selected_rounds_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spy on each client's training and evaluation: validation only while rounds run, then
+    one test read per client, with the rows it kept for the round selected on validation (the
+    simulator's test figures, which are computed that way)."""
+    import fedrec.deploy.client as client
+
+    calls: list[str] = []
+    shards: list[ClientShard] = []
+    evaluate_sampled, client_update, shard = (
+        client.evaluate_sampled,
+        client.client_update,
+        client.Device.shard,
+    )
+
+    def spy_shard(self: Device) -> ClientShard:
+        shards.append(shard(self))
+        return shards[-1]
+
+    def spy_eval(scorer: Any, h: Any, ks: list[int]) -> Any:
+        calls.append("test" if any(h is s.test for s in shards) else "valid")
+        return evaluate_sampled(scorer, h, ks)
+
+    def spy_train(*args: Any, **kw: Any) -> Any:
+        calls.append("train")
+        return client_update(*args, **kw)
+
+    monkeypatch.setattr(client.Device, "shard", spy_shard)
+    monkeypatch.setattr(client, "evaluate_sampled", spy_eval)
+    monkeypatch.setattr(client, "client_update", spy_train)
+    split, cfg = _split(), _cfg(rounds=4, eval_every=2)
+    summary, _ = _serve(cfg, split, tmp_path)
+    last_train = max(i for i, c in enumerate(calls) if c == "train")
+    tests = [i for i, c in enumerate(calls) if c == "test"]
+    assert len(tests) == cfg.federated.silos and min(tests) > last_train
+    assert calls.count("valid") == 2 * cfg.federated.silos
+    sim = train_federated(cfg, split)
+    assert summary["best_round"] == sim.best_round
+    assert summary["test"] == pytest.approx(sim.test_metrics, abs=1e-9)
+
+
 def test_deployed_distributed_dp_with_clip_weights_is_the_simulators_model(
     tmp_path: Path,
 ) -> None:

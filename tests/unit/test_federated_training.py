@@ -52,7 +52,37 @@ def test_best_round_is_chosen_on_validation_only() -> None:
     evaluated = [r for r in result.history if "valid/HR@5" in r]
     best = max(evaluated, key=lambda r: r["valid/HR@5"])  # first maximum wins ties
     assert result.best_round == best["round"]
-    assert all("test" not in k for r in result.history for k in r)
+
+
+def test_test_is_read_once_at_the_end_for_the_selected_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A spy on every evaluation and every training round: the test split is read once, after
+    the last round, with the model selected on validation."""
+    import fedrec.simulation.engines as engines
+    import fedrec.simulation.training as training
+
+    calls: list[str] = []
+    evaluate, train_clients = training.evaluate, engines.train_clients
+
+    def spy_eval(scorer: Any, split: Any, which: str, protocol: str, ks: list[int]) -> Any:
+        calls.append(f"{which}/{protocol}")
+        return evaluate(scorer, split, which=which, protocol=protocol, ks=ks)  # type: ignore[arg-type]
+
+    def spy_train(*args: Any, **kw: Any) -> Any:
+        calls.append("train")
+        return train_clients(*args, **kw)
+
+    monkeypatch.setattr(training, "evaluate", spy_eval)
+    monkeypatch.setattr(engines, "train_clients", spy_train)
+    cfg = _cfg(rounds=6)
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"also_full": True})})
+    result = train_federated(cfg, _split())
+    last_train = max(i for i, c in enumerate(calls) if c == "train")
+    tests = [i for i, c in enumerate(calls) if c.startswith("test/")]
+    assert [calls[i] for i in tests] == ["test/sampled", "test/full"]
+    assert min(tests) > last_train and calls.count("valid/sampled") == 3
+    assert result.best_round in (2, 4, 6)
 
 
 class _KilledError(Exception):

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from fedrec.config import RunConfig
 from fedrec.federated.server import run_round
-from fedrec.simulation.protected import AggregateObservation, Observation
+from fedrec.privacy.accounting import PrivacyAccountant
+from fedrec.privacy.ldp import LocalDP
+from fedrec.privacy.upload import ClientProtection, UploadVector
+from fedrec.simulation.protected import AggregateObservation, Chunk, Observation, SparseSink
 from fedrec.simulation.training import Simulation, build_simulation, train_federated
 from tests.synthetic import two_taste_split as _split
 
@@ -306,3 +314,142 @@ def test_pseudo_items_join_the_upload_and_both_engines_agree() -> None:
                 "privacy": {"obfuscation": {"pseudo_items": 2}},
             }
         )
+
+
+# ----------------------------------------------------------------- the adversary's epsilon
+def _distributed(**dp: Any) -> dict[str, Any]:
+    base = {"enabled": True, "mode": "distributed", "clip": 1.0, "dropout_allowance": 0.9}
+    return {"secagg": {"enabled": True}, "dp": {**base, **dp}}
+
+
+def test_distributed_dp_states_epsilon_against_the_server_and_the_released_model() -> None:
+    privacy = _distributed(noise_multiplier=2.0, accountant="pld")
+    res = train_federated(_cfg(privacy, rounds=3, sampling="poisson", rate=0.5), SPLIT)
+    p = res.privacy
+    assert p is not None and p["threat_model"] == "server" and p["rounds"] == 3
+    # against the server that picked them: 3 plain Gaussian rounds at z = 2, i.e. sqrt(3)/2-GDP
+    from tests.unit.test_accounting import _gdp_epsilon
+
+    assert p["epsilon_vs_server"] == pytest.approx(_gdp_epsilon(3**0.5 / 2.0, 1e-5), rel=1e-5)
+    assert p["epsilon"] == p["epsilon_vs_server"]
+    released = PrivacyAccountant(2.0, 0.5, accountant="pld")
+    released.step(3)
+    assert p["epsilon_released_model"] == pytest.approx(released.epsilon(1e-5), rel=1e-12)
+    assert p["epsilon_released_model"] < p["epsilon_vs_server"]
+    # each figure comes with what recomputes it
+    server, model = p["accounting"]["vs_server"], p["accounting"]["released_model"]
+    assert (server["amplification"], model["amplification"]) == (False, True)
+    for d in (server, model):
+        assert (d["noise_multiplier"], d["sampling_rate"], d["rounds"]) == (2.0, 0.5, 3)
+        assert (d["delta"], d["accountant"]) == (1e-5, "pld")
+    assert res.history[-1]["epsilon_vs_server"] == p["epsilon_vs_server"]
+
+
+def test_one_epsilon_when_the_server_is_trusted_or_samples_everyone() -> None:
+    central = {"dp": {"enabled": True, "noise_multiplier": 2.0, "clip": 1.0}}
+    p = train_federated(_cfg(central, rounds=2, sampling="poisson", rate=0.5), SPLIT).privacy
+    assert p is not None and "epsilon_vs_server" not in p and p["threat_model"] == "released-model"
+    assert p["epsilon"] == p["epsilon_released_model"] and p["amplification"] is True
+    everyone = train_federated(_cfg(_distributed(noise_multiplier=2.0), rounds=2), SPLIT).privacy
+    assert everyone is not None and "epsilon_vs_server" not in everyone
+    assert everyone["epsilon"] == pytest.approx(everyone["epsilon_released_model"], rel=1e-12)
+
+
+def test_distributed_budget_stops_on_the_epsilon_against_the_server() -> None:
+    """z = 1, q = 0.5, budget 10: amplified, 7 rounds fit; against the server, who knows who
+    took part, 3 (epsilon 4.73, 7.08, 9.01, then 10.7 at delta 1e-5)."""
+    privacy = _distributed(noise_multiplier=1.0, target_epsilon=10.0)
+    res = train_federated(_cfg(privacy, rounds=40, sampling="poisson", rate=0.5), SPLIT)
+    assert res.rounds_run == 3 and "against the server" in res.stop_reason
+    assert res.privacy is not None and res.privacy["epsilon"] == pytest.approx(9.00996, abs=1e-4)
+
+
+def test_distributed_calibration_spends_the_target_against_the_server() -> None:
+    privacy = _distributed(target_epsilon=8.0)
+    res = train_federated(_cfg(privacy, rounds=4, sampling="poisson", rate=0.3), SPLIT)
+    assert res.privacy is not None and res.rounds_run == 4
+    assert 7.0 < res.privacy["epsilon_vs_server"] <= 8.0
+
+
+# ----------------------------------------------------------------- empty rounds
+def _empty_round(privacy: dict[str, Any]) -> tuple[Simulation, dict[str, Any], bool]:
+    """One round in which Poisson sampling (rate 1e-4 of 30 clients) picks nobody."""
+    sim = build_simulation(_cfg(privacy, sampling="poisson", rate=1e-4), SPLIT)
+    before = {k: v.clone() for k, v in sim.state.shared.items()}
+    shared, reports = _rounds(sim, 1)
+    assert reports[0]["selected"] == 0
+    return sim, reports[0], all(torch.equal(shared[k], before[k]) for k in before)
+
+
+def test_an_empty_round_under_central_dp_releases_noise_and_is_accounted() -> None:
+    dp = {"enabled": True, "noise_multiplier": 1.0, "clip": 1.0, "min_count": 1e-3}
+    sim, report, unchanged = _empty_round({"dp": dp})
+    assert sim.privacy is not None and sim.privacy.accountant is not None
+    assert sim.privacy.accountant.steps == 1 and sim.privacy.report()["epsilon"] > 0
+    assert not unchanged and "aborted" not in report
+
+
+def test_an_empty_round_under_distributed_dp_releases_and_accounts_nothing() -> None:
+    sim, _, unchanged = _empty_round(_distributed(noise_multiplier=1.0))
+    assert sim.privacy is not None and sim.privacy.accountant is not None
+    assert sim.privacy.accountant.steps == 0 and unchanged
+
+
+# ----------------------------------------------------------------- local DP
+def test_local_dp_composes_at_the_configured_delta() -> None:
+    privacy = {"ldp": {"enabled": True, "epsilon": 4.0, "clip": 0.5, "delta": 1e-3}}
+    res = train_federated(_cfg(privacy, rounds=2), SPLIT)
+    assert res.privacy is not None and res.privacy["delta"] == 1e-3
+    expected = LocalDP("gaussian", 4.0, 1e-3, 0.5).composed_epsilon(2, 1e-3)
+    assert res.privacy["epsilon"] == pytest.approx(expected, rel=1e-12)
+    assert expected < LocalDP("gaussian", 4.0, 1e-3, 0.5).composed_epsilon(2, 1e-5)
+
+
+# ----------------------------------------------------------------- encoding and the clip
+_SIM = build_simulation(_cfg({"dp": {"enabled": True, "noise_multiplier": 0.0}}), SPLIT)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=arrays(np.float32, (5, 5), elements=st.floats(-8, 8, width=32)),
+    bias=st.floats(-8, 8, width=32),
+    clip=st.floats(0.01, 4.0),
+    encoding=st.sampled_from(["int8", "float16"]),
+    count_scale=st.sampled_from([None, 0.1]),
+)
+def test_central_dp_clips_what_is_sent_after_encoding(
+    rows: np.ndarray, bias: float, clip: float, encoding: str, count_scale: float | None
+) -> None:
+    """A row clipped before rounding can come back above C; the bound holds on the encoded
+    upload the server sums (up to float32 rounding of the scale)."""
+    sim = _SIM
+    shared, layout = sim.state.shared, sim.layout
+    vector = UploadVector.of(layout, shared, SPLIT.train.n_items, count_scale)
+    sink = SparseSink(
+        layout,
+        shared,
+        SPLIT.train.n_items,
+        np.array([0]),
+        encoding=encoding,
+        uniform=True,
+        protection=ClientProtection(clip=clip),
+        vector=vector,
+    )
+    t = torch.from_numpy(rows)
+    sink.add(
+        Chunk(
+            clients=np.array([0]),
+            item_ids=torch.tensor([1, 3, 4, 7, 9]),
+            item_offsets=np.array([0, 5]),
+            item_deltas={"item_emb.weight": t[:, :4].contiguous(), "item_bias.weight": t[:, 4:]},
+            dense_deltas={"global_bias": torch.tensor([bias])},
+            num_examples=np.array([5]),
+            losses=torch.tensor([0.5]),
+        )
+    )
+    acc, _ = sink.finish()
+    sq = sum(float(v.double().pow(2).sum()) for v in acc.item_sum.values())
+    sq += sum(float(v.double().pow(2).sum()) for v in acc.dense_sum.values())
+    if count_scale is not None:
+        sq += count_scale**2 * float(acc.item_weight.double().pow(2).sum())
+    assert math.sqrt(sq) <= clip * (1 + 1e-6)

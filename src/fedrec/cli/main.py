@@ -167,9 +167,14 @@ def run(
     console.print(_metrics_table("", rows))
     if "privacy" in summary:
         p = summary["privacy"]
+        both = (
+            f" against the server, {p['epsilon_released_model']:.3f} for the released model"
+            if "epsilon_vs_server" in p
+            else ""
+        )
         console.print(
-            f"privacy: ε = {p['epsilon']:.3f} at δ = {p['delta']:g} ({p.get('mechanism', '')}"
-            f", {p.get('accountant', 'per-client composition')})"
+            f"privacy: ε = {p['epsilon']:.3f}{both} at δ = {p['delta']:g} "
+            f"({p.get('mechanism', '')}, {p.get('accountant', 'per-client composition')})"
         )
     if summary.get("stop_reason") and "budget" in summary["stop_reason"]:
         console.print(f"[yellow]stopped: {summary['stop_reason']}[/]")

@@ -131,6 +131,10 @@ class ClientState:
     min_inputs: int = 1
     """The highest secure-sum minimum (distributed DP's m) this run's configuration has implied
     so far: a later configuration may not lower it."""
+    best: Params | None = None
+    """``private`` when the server last selected a round on validation (the test reads it)."""
+    best_round: int = -1
+    """That round, as the server numbers it (-1: none selected yet)."""
 
     @staticmethod
     def fresh(shard: ClientShard, cfg: RunConfig, shard_dir: Path) -> ClientState:
@@ -161,6 +165,8 @@ class ClientState:
             "config_toml": self.config_toml,
             "shard_dir": self.shard_dir,
             "min_inputs": self.min_inputs,
+            "best": self.best,
+            "best_round": self.best_round,
         }
         with atomic_open(directory / STATE_FILE, "wb", encoding=None) as fh:
             os.fchmod(fh.fileno(), 0o600)
@@ -184,6 +190,8 @@ class ClientState:
             config_toml=str(d["config_toml"]),
             shard_dir=str(d["shard_dir"]),
             min_inputs=int(d.get("min_inputs", 1)),
+            best=d.get("best"),
+            best_round=int(d.get("best_round", -1)),
         )
 
     def seed(self, cfg: RunConfig) -> int:
@@ -311,32 +319,53 @@ class Device:
         st.save(self.run_dir)
         return out
 
-    def evaluate(self, config_toml: str, shared: Params) -> dict[str, Any]:
-        """Metric sums over this client's users on validation and test, with its private rows
-        and the broadcast model; the server divides by the users summed over clients."""
+    def evaluate(
+        self, config_toml: str, shared: Params, which: str = "valid", tag: int = -1
+    ) -> dict[str, Any]:
+        """Metric sums over this client's users, with its private rows and the broadcast model;
+        the server divides by the users summed over clients.
+
+        ``which``: ``valid`` (with the current rows), ``keep`` (the server selected round
+        ``tag`` on validation: keep the current rows for the test; no metric), or ``test``
+        (once, at the end: the rows kept for round ``tag``, the model it selected). Test is
+        never read alongside validation, as in the simulator.
+        """
         shard, cfg, st = self._checked(config_toml)
+        if which == "keep":
+            st.best = {k: v.clone() for k, v in st.private.items()}
+            st.best_round = tag
+            st.save(self.run_dir)
+            return {}
+        if which == "valid":
+            private, h = st.private, shard.valid
+        elif which == "test":
+            if st.best is None or st.best_round != tag:
+                raise ClientError(
+                    f"asked for the test of round {tag} but this client kept round "
+                    f"{st.best_round}: it missed that round's selection"
+                )
+            private, h = st.best, shard.test
+        else:
+            raise ClientError(f"unknown evaluation {which!r} (valid, keep or test)")
         model = initial_model(cfg, shard.n_users, shard.n_items)
         layout = ParamLayout.of(model)
         users = torch.from_numpy(shard.users)
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if name in layout.private:
-                    p[users] = st.private[name]
+                    p[users] = private[name]
                 else:
                     p.copy_(shared[name])
-        scorer = ModelScorer(model)
-        out: dict[str, Any] = {}
-        for which, h in (("valid", shard.valid), ("test", shard.test)):
-            if len(h) == 0:
-                out[which] = {}
-                continue
-            res = evaluate_sampled(scorer, h, list(cfg.eval.ks))
+        out: dict[str, Any] = {which: {}}
+        if len(h):
+            res = evaluate_sampled(ModelScorer(model), h, list(cfg.eval.ks))
             out[which] = {
                 k: (float(np.nansum(res.per_user[k])), int(np.isfinite(res.per_user[k]).sum()))
                 for k in res.metrics
             }
-        st.shared = {k: v.detach().clone() for k, v in shared.items()}
-        st.save(self.run_dir)
+        if which == "valid":
+            st.shared = {k: v.detach().clone() for k, v in shared.items()}
+            st.save(self.run_dir)
         return out
 
 

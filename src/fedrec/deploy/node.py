@@ -2,7 +2,8 @@
 
 Kinds: ``hello`` (who am I, what data do I hold), ``train`` (local update; under secure
 aggregation also the round's key advertisement), ``secagg`` (the later SecAgg+ stages) and
-``evaluate``. Every reply echoes the request's round and nonce, which the server checks.
+``evaluate`` (``which``: validation, keeping the selected round's rows, or the final test).
+Every reply echoes the request's round and nonce, which the server checks.
 """
 
 from __future__ import annotations
@@ -152,7 +153,11 @@ def _secagg(state_dir: Path, req: Payload) -> Payload:
 
 
 def _evaluate(device: Device, req: Payload) -> Payload:
-    out = device.evaluate(_text(req, "config"), req.params("shared"))
+    which = req.meta.get("which", "valid")
+    tag = req.meta.get("tag", -1)
+    if not isinstance(which, str) or not isinstance(tag, int):
+        raise RefusedError("evaluate request has a bad 'which' or 'tag'")
+    out = device.evaluate(_text(req, "config"), req.params("shared"), which, tag)
     meta: Meta = dict(_echo(req))
     for which, metrics in out.items():
         for name, (s, n) in metrics.items():

@@ -397,55 +397,60 @@ class NetworkRunner:
 
 
 class NetworkEvaluator:
-    """Validation and test metrics as the clients compute them with their private rows;
-    the test figures of the round chosen on validation are the run's test result."""
+    """Validation metrics as the clients compute them with their private rows. When a round is
+    selected on validation the clients keep their rows of that round; :meth:`test` reads the
+    test set once, at the end, for that round's model, as the simulator does."""
 
     def __init__(self, cfg: RunConfig, transport: Transport, run_id: str) -> None:
         self.cfg, self.transport, self.run_id = cfg, transport, run_id
         self.config_toml = dump_config(cfg)
-        self.last_test: dict[str, float] = {}
-        self.best_test: dict[str, float] = {}
+        self.best_shared: Params | None = None
+        self.best_round = -1
         self.clients = 0
 
-    def _ask(self, shared: Params) -> tuple[dict[str, float], dict[str, float]]:
+    def _ask(self, which: str, tag: int, shared: Params | None) -> dict[str, float]:
         online = sorted(self.transport.clients())
         reqs = {}
         for c in online:
             p = Payload(meta={"config": self.config_toml, "run": self.run_id})
-            p.put_params("shared", shared)
+            p.meta.update(which=which, tag=tag)
+            if shared is not None:
+                p.put_params("shared", shared)
             reqs[c] = p
         replies = self.transport.exchange("evaluate", reqs, self.cfg.deploy.reply_timeout_s)
         failed = {c: p.meta["error"] for c, p in replies.items() if "error" in p.meta}
         for c, reason in failed.items():
-            log.warning("client %d: evaluation failed: %s", c, reason)
+            log.warning("client %d: evaluation (%s) failed: %s", c, which, reason)
         replies = {c: p for c, p in replies.items() if c not in failed}
         if not replies:
             raise DeployError(
-                f"no client answered the evaluation ({len(failed)} failed; see deploy.log)"
+                f"no client answered the evaluation ({which}; {len(failed)} failed; see deploy.log)"
             )
-        out: dict[str, dict[str, list[float]]] = {"valid": {}, "test": {}}
+        out: dict[str, list[float]] = {}
         for p in replies.values():
             for key, value in p.meta.items():
-                which, _, rest = key.partition("/")
-                if which not in out or not rest:
+                split, _, rest = key.partition("/")
+                if split != which or not rest:
                     continue
                 metric, _, part = rest.rpartition("/")
-                acc = out[which].setdefault(metric, [0.0, 0.0])
+                acc = out.setdefault(metric, [0.0, 0.0])
                 acc[0 if part == "sum" else 1] += float(value)
         self.clients = len(replies)
-
-        def means(d: dict[str, list[float]]) -> dict[str, float]:
-            return {k: (s / n if n > 0 else float("nan")) for k, (s, n) in sorted(d.items())}
-
-        return means(out["valid"]), means(out["test"])
+        return {k: (s / n if n > 0 else float("nan")) for k, (s, n) in sorted(out.items())}
 
     def valid(self, state: ServerState) -> dict[str, float]:
-        valid, test = self._ask(state.shared)
-        self.last_test = test
-        return valid
+        return self._ask("valid", state.round, state.shared)
 
     def keep_best(self, state: ServerState) -> None:
-        self.best_test = dict(self.last_test)
+        self._ask("keep", state.round, None)
+        self.best_shared = {k: v.detach().clone() for k, v in state.shared.items()}
+        self.best_round = state.round
+
+    def test(self) -> dict[str, float]:
+        """The test metrics of the round selected on validation (empty if none was)."""
+        if self.best_shared is None:
+            return {}
+        return self._ask("test", self.best_round, self.best_shared)
 
 
 def _wait_for_clients(transport: Transport, n: int, timeout: float) -> dict[int, Meta]:
@@ -508,7 +513,8 @@ def serve(
     if resume and ckpt.exists():
         saved = torch.load(ckpt, weights_only=False)
         loop = LoopState.from_dict(saved)
-        evaluator.best_test = dict(saved["best_test"])
+        evaluator.best_shared = saved["best_shared"]
+        evaluator.best_round = int(saved["best_round"])
         runner.events = list(saved.get("events", []))
         runner.run_id = evaluator.run_id = str(saved["run_id"])
         if privacy is not None:
@@ -520,7 +526,8 @@ def serve(
     def save(loop: LoopState) -> None:
         payload = loop.to_dict()
         payload.update(
-            best_test=evaluator.best_test,
+            best_shared=evaluator.best_shared,
+            best_round=evaluator.best_round,
             events=runner.events,
             run_id=runner.run_id,
             privacy=None if privacy is None else privacy.state_dict(),
@@ -554,6 +561,7 @@ def serve(
         on_round=on_round,
         save=save,
     )
+    test = evaluator.test()
     with atomic_open(out.path / "shared_model.pt", "wb", encoding=None) as fh:
         # Only the shared parameters: private rows never leave the clients.
         torch.save(loop.released().shared, fh)
@@ -575,7 +583,7 @@ def serve(
         "model": cfg.model.name,
         "protocol": cfg.eval.protocol,
         "valid": loop.best_valid,
-        "test": evaluator.best_test,
+        "test": test,
         "seconds": time.perf_counter() - start,
         "best_round": loop.best_round,
         "rounds": loop.server.round,

@@ -66,9 +66,10 @@ class Accumulator:
         sparse federated recommenders do); otherwise over all participating clients, a row no
         client touched counting as a zero update (plain FedAvg).
         """
-        if self.clients == 0:
-            raise ValueError("no client update was aggregated this round")
         total = float(self.weight_total)
+        if total <= 0:
+            # A DP server sets a public denominator, so a noise-only round (no client) is fine.
+            raise ValueError("no client update was aggregated this round")
         out: Params = {}
         for name, s in self.item_sum.items():
             if per_row_items:

@@ -130,7 +130,8 @@ def aborted_rounds(history: list[dict[str, Any]]) -> dict[str, int]:
 def privacy_record(privacy: ServerPrivacy) -> dict[str, Any]:
     """The per-round privacy fields of a metrics record."""
     rep = privacy.report()
-    return {k: rep[k] for k in ("epsilon", "clip") if k in rep and rep[k] is not None}
+    keys = ("epsilon", "epsilon_vs_server", "epsilon_released_model", "clip")
+    return {k: rep[k] for k in keys if k in rep and rep[k] is not None}
 
 
 def run_rounds(
@@ -151,9 +152,10 @@ def run_rounds(
     returns the final loop state (``stop_reason`` says why it ended)."""
     while loop.server.round < s.rounds:
         if privacy is not None and privacy.budget_exhausted():
+            against = "the server" if privacy.adversary_is_server else "the released model"
             loop.stop_reason = (
                 f"privacy budget spent: one more round would exceed epsilon "
-                f"{s.target_epsilon} at delta {s.delta}"
+                f"{s.target_epsilon} at delta {s.delta} (against {against})"
             )
             break
         loop.server, report = run_round(

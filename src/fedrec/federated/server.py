@@ -97,6 +97,11 @@ class RoundAbortedError(RuntimeError):
 class Finalizer(Protocol):
     """Server-side privacy between the sums and the update (noise, counts, accounting)."""
 
+    @property
+    def releases_empty_rounds(self) -> bool:
+        """Whether a round without participants still releases (and accounts) a noised sum."""
+        ...
+
     def finalize(self, acc: Accumulator, round_: int, participants: IntArray) -> Accumulator: ...
 
 
@@ -141,7 +146,7 @@ def run_round(
     new_shared, new_strategy_state = state.shared, state.strategy_state
     loss, examples, up, down = float("nan"), 0, 0, 0
     aborted, released = "", False
-    if len(survivors):
+    if len(survivors) or (finalizer is not None and finalizer.releases_empty_rounds):
         try:
             outcome = runner.run(survivors, state.shared, state.round, dropped=dropped)
             acc = outcome.accumulator
@@ -152,6 +157,8 @@ def run_round(
             loss, examples = acc.mean_loss, acc.examples
             if finalizer is not None:
                 acc = finalizer.finalize(acc, state.round, survivors)
+            if float(acc.weight_total) <= 0:
+                raise RoundAbortedError("no client update arrived")
             delta = acc.mean_update(per_row_items)
             with torch.no_grad():
                 new_shared, new_strategy_state = strategy.apply(

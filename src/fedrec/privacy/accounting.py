@@ -18,6 +18,14 @@ sampled clients' clipped updates (L2 norm <= C) plus Gaussian noise of std ``z *
   no sampling-without-replacement support, so fixed-size sampling is RDP-only here. Accounting a
   fixed-size sample as if it were Poisson would be wrong and is never done.
 
+Amplification by subsampling holds only against someone who does not know who was sampled. A
+server that picks the participants (distributed DP: the server is the adversary) knows, so
+against it a round is the plain Gaussian mechanism, composed over the rounds released
+(``amplification=False``): the per-user worst case of taking part in every one of them. The
+server knows who took part, so neighbours differ in a participant's data, not its presence:
+its update zeroed out (sensitivity C, ratio z) under Poisson sampling's convention, or
+replaced (2C, ratio z / 2) under fixed-size sampling's.
+
 The accountant state is just the configuration plus the number of rounds, so a checkpoint or a
 run summary is enough for anyone to recompute epsilon with a fresh ``dp_accounting`` accountant
 composed with :meth:`PrivacyAccountant.dp_event`. The API mirrors Opacus' accountants.
@@ -52,6 +60,7 @@ _STATE_KEYS = frozenset(
         "sample_size",
         "pld_discretization",
         "steps",
+        "amplification",
     }
 )
 
@@ -91,6 +100,8 @@ class PrivacyAccountant:
     give ``population`` and ``sample_size``; ``sampling_rate`` is then derived (and checked if
     also given). Under Poisson sampling the server must average with the *expected* number of
     clients, not the realised one, or the sensitivity analysis does not hold.
+    ``amplification=False`` accounts each round as if its client had been sampled for sure
+    (against an adversary that chose the sample; see the module docstring).
     """
 
     def __init__(
@@ -102,6 +113,7 @@ class PrivacyAccountant:
         population: int | None = None,
         sample_size: int | None = None,
         pld_discretization: float = DEFAULT_PLD_DISCRETIZATION,
+        amplification: bool = True,
     ) -> None:
         if not isinstance(noise_multiplier, int | float) or not (
             math.isfinite(noise_multiplier) and noise_multiplier >= 0
@@ -119,6 +131,8 @@ class PrivacyAccountant:
             math.isfinite(pld_discretization) and pld_discretization > 0
         ):
             raise ValueError(f"pld_discretization must be > 0, got {pld_discretization!r}")
+        if not isinstance(amplification, bool):
+            raise ValueError(f"amplification must be True or False, got {amplification!r}")
 
         if sampling == "poisson":
             if population is not None or sample_size is not None:
@@ -161,6 +175,7 @@ class PrivacyAccountant:
         self._population = population
         self._sample_size = sample_size
         self._pld_discretization = float(pld_discretization)
+        self._amplification = bool(amplification)
         self._steps = 0
         self._rdp_one_round: tuple[np.ndarray, np.ndarray] | None = None
         self._eps_cache: dict[tuple[int, float], float] = {}
@@ -191,6 +206,15 @@ class PrivacyAccountant:
         return self._sample_size
 
     @property
+    def amplification(self) -> bool:
+        """Whether rounds are amplified by the sampling (False: the sampler is the adversary)."""
+        return self._amplification
+
+    def without_amplification(self) -> PrivacyAccountant:
+        """The same mechanism and rounds, accounted against whoever picked the participants."""
+        return PrivacyAccountant.from_dict({**self.to_dict(), "amplification": False})
+
+    @property
     def steps(self) -> int:
         """Rounds accounted so far."""
         return self._steps
@@ -205,6 +229,10 @@ class PrivacyAccountant:
     # ----------------------------------------------------------------- events
     def round_event(self) -> dp_accounting.DpEvent:
         """The ``DpEvent`` of one round."""
+        if not self._amplification:
+            # The sample is known: one Gaussian release of the sum, at the adjacency's ratio.
+            z = self._z / 2 if self._sampling == "fixed" else self._z
+            return dp_accounting.GaussianDpEvent(z)
         if self._sampling == "fixed":
             assert self._population is not None and self._sample_size is not None
             # Replace-one sensitivity of the clipped sum is 2C: the ratio is z / 2.
@@ -310,6 +338,9 @@ class PrivacyAccountant:
             "sampling": self._sampling,
             "rounds": self._steps,
             "accountant": self._accountant,
+            "amplification": self._amplification,
+            "neighboring_relation": self.neighboring_relation.name,
+            "dp_event": repr(self.dp_event()),
         }
         if self._sampling == "fixed":
             out["population"] = self._population
@@ -329,11 +360,15 @@ class PrivacyAccountant:
             "sample_size": self._sample_size,
             "pld_discretization": self._pld_discretization,
             "steps": self._steps,
+            "amplification": self._amplification,
         }
 
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> PrivacyAccountant:
-        """Restore from :meth:`to_dict`; unknown or missing keys are an error, not a default."""
+        """Restore from :meth:`to_dict`; unknown or missing keys are an error, not a default
+        (except ``amplification``: states written before it existed were all amplified)."""
+        if "amplification" not in state:
+            state = {**state, "amplification": True}
         keys = set(state)
         if keys != _STATE_KEYS:
             raise ValueError(
@@ -349,6 +384,7 @@ class PrivacyAccountant:
             population=state["population"],
             sample_size=state["sample_size"],
             pld_discretization=state["pld_discretization"],
+            amplification=state["amplification"],
         )
         acc.step(state["steps"])
         return acc
@@ -362,7 +398,7 @@ class PrivacyAccountant:
         return (
             f"PrivacyAccountant(noise_multiplier={self._z}, sampling_rate={self._q}, "
             f"sampling={self._sampling!r}, accountant={self._accountant!r}{extra}, "
-            f"steps={self._steps})"
+            f"amplification={self._amplification}, steps={self._steps})"
         )
 
 
@@ -378,6 +414,7 @@ def calibrate_noise(
     tol: float = 1e-3,
     pld_discretization: float = DEFAULT_PLD_DISCRETIZATION,
     max_noise_multiplier: float = 1e6,
+    amplification: bool = True,
 ) -> float:
     """Smallest noise multiplier z (to within ``tol``) with epsilon(rounds) <= target.
 
@@ -402,6 +439,7 @@ def calibrate_noise(
             population=population,
             sample_size=sample_size,
             pld_discretization=pld_discretization,
+            amplification=amplification,
         )
         return acc.epsilon_after(rounds, delta)
 

@@ -20,8 +20,8 @@ Trust model
   client's update. ``min_summands`` makes it refuse sums of fewer than that many vectors;
   the count travels with the ciphertext and is not authenticated, so it guards against
   mistakes by an honest-but-curious aggregator, not against a malicious one.
-* Aggregation hides the individual update, not what the sum reveals (Task B's aggregate
-  inference attack measures that); pair it with DP if the sum itself is sensitive.
+* Aggregation hides the individual update, not what the sum reveals (the privacy audit,
+  ``fedrec audit``, attacks the sum); pair it with DP if the sum itself is sensitive.
 
 Parameters and precision
 ------------------------
@@ -31,21 +31,17 @@ N = 8192, HomomorphicEncryption.org standard) and scale 2^40. Only additions are
 so ciphertexts stay at the top level (data modulus 140 bits) and the two 40-bit primes are
 headroom that a later plaintext multiplication (e.g. weighting by client sample counts) can
 consume. CKKS is approximate: decryption adds an *absolute* error independent of the
-values' size. Measured here (N = 8192, scale 2^40, ``benchmarks/he.py``): max absolute error
-≈ 1e-8 for one ciphertext of 4096 slots, ≈ 1e-7 over 100,000 values summed over 100 clients
-(mean ≈ 9e-9; it grows like sqrt(#summands)). For FedMF-sized deltas (~1e-2 per value, a sum
-of RMS 0.1) that is ≈ 1e-6 relative. Per-client values are limited to
+values' size, growing like sqrt(#summands); ``benchmarks/he.py`` measures it
+(``benchmarks/results/he.md``). Per-client values are limited to
 |x| <= 2^40 (:data:`MAX_ABS_VALUE`), which keeps sums of astronomically many clients below
 the 2^99 wrap-around bound (q/2 / scale).
 
 Encoding
 --------
-A vector is split into chunks of N/2 values, one ``ts.ckks_vector`` each. Measured against
-one batched ``ts.ckks_tensor`` and TenSEAL's own multi-ciphertext ``ckks_vector`` on 100,000
-values (``benchmarks/he.py``, best of 3, two runs on a loaded 2-core machine: 0.22-0.24 s per
-chunk, 0.25 s multi-ciphertext vector, 0.25-0.27 s tensor): per-chunk vectors were fastest in
-both, avoid TenSEAL's "does not fit in a single ciphertext" message and let us check every
-chunk's size.
+A vector is split into chunks of N/2 values, one ``ts.ckks_vector`` each: no slower than one
+batched ``ts.ckks_tensor`` or TenSEAL's own multi-ciphertext ``ckks_vector``
+(``benchmarks/he.py`` compares them), it avoids TenSEAL's "does not fit in a single
+ciphertext" message and lets us check every chunk's size.
 """
 
 from __future__ import annotations

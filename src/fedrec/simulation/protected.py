@@ -15,7 +15,7 @@ audit attacks that view.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -153,20 +153,23 @@ class SparseSink(Sink):
         else:
             w = torch.from_numpy(chunk.num_examples.astype(np.float32))
         below = 0.0
+        items = {n: _encode(d, enc) for n, d in chunk.item_deltas.items()}
+        dense = {n: _encode(d, enc, d.dim() == 1) for n, d in chunk.dense_deltas.items()}
         clip = None if self.protection is None else self.protection.clip
         if clip is not None:
             assert self.vector is not None and self.protection is not None
-            scales = torch.ones(n_clients, dtype=torch.float32)
+            # The clip bounds what is summed, so it is measured on the encoded upload:
+            # rounding can lift a row clipped before encoding back above C.
+            scales = torch.ones(n_clients, dtype=torch.float64)
+            enc_chunk = replace(chunk, item_deltas=items, dense_deltas=dense)
             for k in range(n_clients):
-                _, rows, dense = chunk.rows_of(k)
-                norm = self.vector.payload_norm(rows, dense)
+                _, rows, dense_k = enc_chunk.rows_of(k)
+                norm = self.vector.payload_norm(rows, dense_k)
                 scales[k] = self.protection.scale(norm)
                 below += self.protection.below(norm)
-            w = w * scales
+            w = (w.to(torch.float64) * scales).to(torch.float32)
         slots = torch.from_numpy(np.diff(chunk.item_offsets))
         row_w = torch.repeat_interleave(w, slots)
-        items = {n: _encode(d, enc) for n, d in chunk.item_deltas.items()}
-        dense = {n: _encode(d, enc, d.dim() == 1) for n, d in chunk.dense_deltas.items()}
         self.acc.add_items(chunk.item_ids, items, row_w)
         self.acc.add_dense(dense, w)
         self.acc.add_clients(w, int(chunk.num_examples.sum()), float(chunk.losses.nansum()))
