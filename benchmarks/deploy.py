@@ -53,6 +53,8 @@ def _config(path: Path, n: int, rounds: int) -> RunConfig:
             f"federated.eval_every={rounds}",
             "federated.checkpoint_every=1",
             "threads=1",
+            # the simulator's negatives: the test HR@10 must then be the simulator's
+            "deploy.client_randomness=run-seed",
             # dozens of nodes share two cores here: be patient before calling anyone lost
             "deploy.wait_clients_s=1800",
             "deploy.reply_timeout_s=1800",

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import select
@@ -181,6 +182,10 @@ def serve(socket_path: Path, *, preload: tuple[str, ...] = PRELOAD) -> None:
 
     for name in preload:
         importlib.import_module(name)
+    # Objects that exist now are never collected: the collector would otherwise write to every
+    # page it scans in each child, copying the parent's memory instead of sharing it.
+    gc.collect()
+    gc.freeze()
     socket_path = Path(socket_path)
     socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with contextlib.suppress(FileNotFoundError):
