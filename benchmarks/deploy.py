@@ -72,8 +72,10 @@ class MemorySampler:
     RSS counts pages shared by forks once per process; PSS divides them among the sharers,
     so its sum is the memory the federation really holds."""
 
-    def __init__(self, sessions: set[int], every_s: float = 0.5) -> None:
+    def __init__(self, sessions: set[int], home: Path, every_s: float = 0.5) -> None:
         self.sessions, self.every_s = sessions, every_s
+        # Flower starts the SuperLink's SuperExec and ServerApp detached: found by FLWR_HOME.
+        self.home = f"FLWR_HOME={home}".encode()
         self.peak_rss_mb = self.peak_pss_mb = 0.0
         self.peak_processes = 0
         self._stop = threading.Event()
@@ -95,7 +97,9 @@ class MemorySampler:
                 try:
                     stat = Path(f"/proc/{pid}/stat").read_text()
                     if int(stat[stat.rindex(")") + 2 :].split()[3]) not in self.sessions:
-                        continue
+                        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                        if self.home not in env:
+                            continue
                     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                         if line.startswith("Rss:"):
                             rss += int(line.split()[1]) / 1024
@@ -144,7 +148,7 @@ def measure(path: Path, n: int, rounds: int, work: Path) -> dict[str, Any]:
         sessions = {p.popen.pid for p in fed.procs.values()}
         popen = fed.submit(cfg_path, out)
         sessions.add(popen.pid)
-        with MemorySampler(sessions) as mem:
+        with MemorySampler(sessions, fed.root / "flwr-home") as mem:
             summary = fed.wait(out, popen, timeout=7200)
         wall = time.perf_counter() - t1
     messages = per_message(fed.root / "logs" / "warm-exec.log")
