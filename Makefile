@@ -10,7 +10,7 @@ DEMO_OUT    ?= runs/demo
 # The venv is rebuilt when pyproject.toml changes; torch is pinned there (CPU build).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev,he,deploy]'
+	$(BIN)/pip install --quiet -e '.[dev,he,deploy,tracking,tune]'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -1,4 +1,4 @@
-"""What each privacy mechanism costs and buys: accuracy, leakage (attack AUC), epsilon, time
+"""What each privacy mechanism costs and buys: accuracy, leakage (canary audit), epsilon, time
 and bytes per round, on the same federated model.
 
     python benchmarks/privacy.py [--data ml-100k ml-1m] [--only NAME ...] [--rounds N]
@@ -6,12 +6,14 @@ and bytes per round, on the same federated model.
 
 Every setting is a federated run of the data set's FedMF configuration (``configs/``) with
 uniform client weighting (which the mechanisms need; ``none`` uses it too, so rows compare
-like with like) and one ``[privacy]`` change; then ``fedrec audit`` replays a round and
-attacks what the server received. DP settings use distributed noise under SecAgg+ with the
-noise calibrated so the run's rounds spend exactly the target epsilon at delta = 1e-6. HE
-encrypts every upload (0.15-0.3 s per client here), so its rows sample 10% of the clients
-per round to stay affordable; the table says so. The last line printed is one JSON object
-mapping each setting to its figures.
+like with like) and one ``[privacy]`` change; then ``fedrec audit`` retrains it with canaries
+(empirical epsilon), replays a round and attacks what the server received. DP settings use
+distributed noise under SecAgg+ with the noise calibrated so the run's rounds spend exactly
+the target epsilon at delta = 1e-6. HE encrypts every upload (0.15-0.3 s per client here), so
+its rows sample 10% of the clients per round to stay affordable; the table says so. The last
+line printed is one JSON object mapping each setting to its HR@10, NDCG@10, epsilon (the
+accounted one), audit_auc (canary attack), empirical_epsilon (its 95% lower bound), round_s
+and bytes_up_per_client (the old matched ``attack_auc`` is gone: it was 0.5 for any sum).
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ DP_TUNED = {
 }
 DELTA = 1e-6
 AUDIT = "audit.json"
+CANARIES = 1000
+"""Canaries of each setting's audit run (its configuration retrained once with them)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,7 @@ def run_setting(
     reuse: bool = True,
     collect_only: bool = False,
     seed: int | None = None,
+    canaries: int = CANARIES,
 ) -> dict[str, Any] | None:
     """One setting's row for one seed (None: the configuration's); with ``collect_only``,
     None unless a finished, audited run of the same configuration is already in ``runs``
@@ -168,11 +173,17 @@ def run_setting(
         (out / AUDIT).unlink(missing_ok=True)
     wall = time.perf_counter() - start
     audit = json.loads((out / AUDIT).read_text()) if (out / AUDIT).exists() else None
-    if audit is None or audit.get("client_sample") != CLIENT_SAMPLE:
-        # Missing, or made before the audit sampled clients uniformly: attack the run again.
-        audit = audit_run(out, clients=300)
+    if (
+        audit is None
+        or audit.get("client_sample") != CLIENT_SAMPLE
+        or (audit.get("canary_audit") or {}).get("canaries") != canaries
+    ):
+        # Missing, or made before the canary audit: attack the run again.
+        audit = audit_run(out, clients=300, canaries=canaries)
         atomic_write_text(out / AUDIT, json.dumps(audit, indent=2) + "\n")
     inf = audit["item_inference"]
+    can = audit["canary_audit"]
+    mia = audit.get("membership_inference") or {}
     privacy = summary.get("privacy") or {}
     return {
         "data": data,
@@ -181,11 +192,18 @@ def run_setting(
         "overrides": list(overrides),
         "HR@10": summary["test"]["HR@10"],
         "NDCG@10": summary["test"]["NDCG@10"],
-        "attack_auc": inf.get("matched_auc_mean"),
+        "audit_auc": can.get("auc"),
+        "empirical_epsilon": can.get("empirical_epsilon"),
+        "empirical_confidence": can.get("confidence"),
+        "gaussian_epsilon": (can.get("gaussian_estimate") or {}).get("epsilon"),
+        "audit_view": can["adversary_view"],
+        "canaries": can["canaries"],
+        "popularity_advantage": inf.get("advantage_over_popularity_mean"),
         "attack_auc_all_items": inf.get("auc_mean"),
         "attack_f1": inf.get("f1_mean"),
         "attack_baseline_f1": inf.get("baseline_f1_mean"),
-        "membership_auc": (audit.get("membership_inference") or {}).get("auc"),
+        "membership_auc": mia.get("auc"),
+        "membership_advantage": mia.get("advantage"),
         "server_view": audit["server_view"],
         "epsilon": privacy.get("epsilon"),
         "delta": privacy.get("delta"),
@@ -200,16 +218,29 @@ def run_setting(
     }
 
 
-PER_SEED = ("seed", "HR@10", "NDCG@10", "valid_NDCG@10", "rounds", "best_round", "attack_auc")
+PER_SEED = (
+    "seed",
+    "HR@10",
+    "NDCG@10",
+    "valid_NDCG@10",
+    "rounds",
+    "best_round",
+    "audit_auc",
+    "empirical_epsilon",
+)
 MEANED = (
     "HR@10",
     "NDCG@10",
     "valid_NDCG@10",
-    "attack_auc",
+    "audit_auc",
+    "empirical_epsilon",
+    "gaussian_epsilon",
+    "popularity_advantage",
     "attack_auc_all_items",
     "attack_f1",
     "attack_baseline_f1",
     "membership_auc",
+    "membership_advantage",
     "round_s",
     "bytes_up_per_client",
 )
@@ -242,40 +273,49 @@ def markdown(rows: list[dict[str, Any]], command: str, m: dict[str, Any]) -> str
         "# Privacy mechanisms: accuracy, leakage, epsilon, cost",
         "",
         "Commands: " + "; ".join(f"`{c}`" for c in commands) + ". FedMF, uniform weighting, "
-        "test metrics at the best validation round; attack = item inference by the server on "
-        "one replayed round, against a uniform sample of 300 clients (a keyed hash of their "
-        "ids picks them); membership = Yeom et al. on the final model (train vs held-out "
-        "interactions).",
+        "test metrics at the best validation round.",
         "",
-        "s / round is wall time on a shared 2-core machine (load average below); ML-1M rows ran "
-        "up to four at a time, so their times carry that contention. SecAgg+ uses the default "
-        "k = 2 ceil(log2 n) neighbours (k = 26 on ML-1M's 6,040 clients).",
+        "Canary audit: each setting's configuration trained once more with canary clients "
+        "(a random direction on 20 uniformly drawn items, inserted on a secret fair coin, "
+        "uploaded through the mechanism's own client step); the adversary sees what the "
+        "mechanism shows (per-client uploads, per-round sums, or the released model under "
+        "central DP). Canary AUC: inserted against held-out canaries. Empirical epsilon: the "
+        "one-run lower bound of Steinke et al. (NeurIPS 2023, (eps, delta) form) at the stated "
+        "confidence; Gaussian: Andrew et al.'s estimate (ICLR 2024), not a bound. A lower "
+        "bound above the accounted epsilon would be a bug.",
         "",
-        "A row run over several seeds (`--seeds`) shows the mean over them, its sample",
-        "standard deviation and each seed's HR@10; its other figures are means too.",
+        "Popularity-prior advantage: item inference by the server on one replayed round "
+        "(300 clients, a keyed hash of their ids picks them), AUC minus the AUC of ranking "
+        "items by public popularity (0: nothing learnt beyond popularity). Membership "
+        "advantage: Yeom et al.'s best-threshold TPR - FPR on the final model, training "
+        "interactions against never-interacted items of the same popularity decile.",
         "",
-        "Attack AUC (matched): the client's items against another client's items, both",
-        "following the population's popularity, so 0.5 means the server learnt nothing about",
-        "this client; (all items): against every other item, which guessing popular items",
-        "already pushes above 0.5 whatever the protocol.",
+        "s / round is wall time on a shared 2-core machine (load average below). SecAgg+ uses "
+        "the default k = 2 ceil(log2 n) neighbours.",
         "",
-        "| data | setting | HR@10 | NDCG@10 | attack AUC matched | attack AUC all items "
-        "| attack F1 (random) | membership AUC "
-        "| epsilon | s / round | KiB up / client / round | rounds | note |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| data | setting | HR@10 | NDCG@10 | canary AUC | empirical epsilon (confidence) "
+        "| Gaussian epsilon | accounted epsilon | popularity-prior advantage "
+        "| membership advantage | s / round | KiB up / client / round | rounds | note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        eps = r["epsilon"]
+        eps = r.get("epsilon")
         hr, rounds = f"{r['HR@10']:.4f}", str(r["rounds"])
         if r.get("per_seed"):
             each = " / ".join(f"{p['HR@10']:.4f}" for p in r["per_seed"])
             hr += f" ± {r['HR@10_sd']:.4f} (seeds {each})"
             rounds = " / ".join(str(p.get("rounds", "?")) for p in r["per_seed"])
+        conf = r.get("empirical_confidence")
+        emp = _fmt(r.get("empirical_epsilon"), ".2f")
+        if conf is not None:
+            emp += f" ({conf:.0%})"
         lines.append(
             f"| {r['data']} | {r['setting']} | {hr} | {r['NDCG@10']:.4f} "
-            f"| {_fmt(r['attack_auc'], '.3f')} | {_fmt(r['attack_auc_all_items'], '.3f')} "
-            f"| {_fmt(r['attack_f1'], '.3f')} ({_fmt(r['attack_baseline_f1'], '.3f')}) "
-            f"| {_fmt(r['membership_auc'], '.3f')} | {'-' if eps is None else f'{eps:.2f}'} "
+            f"| {_fmt(r.get('audit_auc'), '.3f')} | {emp} "
+            f"| {_fmt(r.get('gaussian_epsilon'), '.2f')} "
+            f"| {'-' if eps is None else f'{eps:.2f}'} "
+            f"| {_fmt(r.get('popularity_advantage'), '.3f')} "
+            f"| {_fmt(r.get('membership_advantage'), '.3f')} "
             f"| {r['round_s']:.2f} | {r['bytes_up_per_client'] / 1024:.1f} | {rounds} "
             f"| {r['note']} |"
         )
@@ -284,7 +324,7 @@ def markdown(rows: list[dict[str, Any]], command: str, m: dict[str, Any]) -> str
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Utility against leakage: HR@10 and matched attack AUC per setting, one panel per data."""
+    """Utility against leakage: HR@10 and canary attack AUC per setting, one panel per data."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -296,8 +336,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         mine = [r for r in rows if r["data"] == data]
         x = range(len(mine))
         ax.bar([i - 0.2 for i in x], [r["HR@10"] for r in mine], width=0.4, label="test HR@10")
-        auc = [r["attack_auc"] if r["attack_auc"] is not None else float("nan") for r in mine]
-        ax.bar([i + 0.2 for i in x], auc, width=0.4, label="attack AUC (matched)")
+        auc = [r.get("audit_auc") for r in mine]
+        ax.bar(
+            [i + 0.2 for i in x],
+            [float("nan") if a is None else a for a in auc],
+            width=0.4,
+            label="canary attack AUC",
+        )
         ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
         ax.set_xticks(list(x), [r["setting"] for r in mine], rotation=45, ha="right")
         ax.set_ylim(0, 1.05)
@@ -329,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--fresh", action="store_true", help="retrain even a finished same run")
     ap.add_argument(
+        "--canaries", type=int, default=CANARIES, help="canaries of each setting's audit run"
+    )
+    ap.add_argument(
         "--collect",
         action="store_true",
         help="train nothing: merge the rows of runs already finished and audited in --runs",
@@ -355,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                     not args.fresh,
                     collect_only=args.collect,
                     seed=seed,
+                    canaries=args.canaries,
                 )
                 for seed in (args.seeds or [None])
             ]
@@ -375,10 +424,18 @@ def main(argv: list[str] | None = None) -> int:
     write_results(args.out, stem, {"rows": all_rows}, md, m)
     plot(all_rows, args.out / f"{stem}.png")
     print(md)
-    keys = ("HR@10", "NDCG@10", "attack_auc", "epsilon", "round_s", "bytes_up_per_client")
+    keys = (
+        "HR@10",
+        "NDCG@10",
+        "epsilon",
+        "audit_auc",
+        "empirical_epsilon",
+        "round_s",
+        "bytes_up_per_client",
+    )
     by_data: dict[str, dict[str, Any]] = {}
     for r in all_rows:
-        by_data.setdefault(r["data"], {})[r["setting"]] = {k: r[k] for k in keys}
+        by_data.setdefault(r["data"], {})[r["setting"]] = {k: r.get(k) for k in keys}
     # Top level: each mechanism on the largest data set measured; every data set under by_data.
     primary = next((d for d in ("ml-1m", "ml-100k") if d in by_data), None)
     last: dict[str, Any] = dict(by_data.get(primary, {})) if primary else {}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
 from fedrec.data.splits import leave_one_out_random
@@ -38,3 +41,40 @@ def two_taste_split(
         item_ids=np.arange(n_items),
     )
     return leave_one_out_random(data, seed=seed, eval_negatives=10)
+
+
+def two_taste_csv(path: Path, n_users: int = 60, n_items: int = 40, seed: int = 0) -> Path:
+    """The two-taste interactions as a CSV file, for tests that run the whole pipeline
+    (``data.name = "table"``) rather than hand a split to the trainer."""
+    rng = np.random.default_rng(seed)
+    lines = ["user,item"]
+    for u in range(n_users):
+        pool = np.arange(n_items)[np.arange(n_items) % 2 == u % 2]
+        lines += [f"u{u},i{i}" for i in rng.choice(pool, size=8, replace=False)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def tiny_config(csv: Path, *, mode: str = "federated", rounds: int = 6) -> dict[str, Any]:
+    """A raw config that trains in about a second on :func:`two_taste_csv` data."""
+    return {
+        "mode": mode,
+        "seed": 1,
+        "threads": 1,
+        "data": {
+            "name": "table",
+            "table": {"path": str(csv), "user_col": "user", "item_col": "item"},
+            "split": "loo-random",
+            "eval_negatives": 10,
+        },
+        "model": {"name": "mf", "dim": 8, "init_std": 0.1},
+        "eval": {"ks": [5, 10]},
+        "train": {"monitor": "HR@5", "epochs": rounds, "lr": 0.01, "patience": 0},
+        "federated": {
+            "rounds": rounds,
+            "eval_every": 2,
+            "patience": 0,
+            "checkpoint_every": 0,
+            "local": {"epochs": 2, "batch_size": 8, "lr": 0.3, "negatives": 2},
+        },
+    }

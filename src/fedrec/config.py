@@ -6,6 +6,7 @@ exactly what produced it.
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 from pathlib import Path
@@ -166,9 +167,22 @@ class SecAggConfig(_Section):
 
     enabled: bool = False
     neighbours: int | None = Field(None, ge=2)
-    """Neighbours per client in the masking graph; None: on the order of log2(clients)."""
-    threshold: float = Field(0.5, gt=0, le=1)
-    """Fraction of a client's neighbourhood needed to unmask it when it drops."""
+    """Neighbours k per client in the masking graph; None: derived with the threshold from
+    the round's size, ``max_dropout``, ``collusion``, ``target_failure`` and
+    ``security_bits`` (Bell et al. 2020 sec. 4; ``fedrec.privacy.secagg.params``)."""
+    threshold: float | None = Field(None, gt=0, le=1)
+    """Fraction of a client's k + 1 share holders needed to rebuild its secrets; None: the
+    smallest the security analysis allows. A hand-set k or threshold that the analysis finds
+    short of ``target_failure`` or insecure is used, with a warning."""
+    max_dropout: float | None = Field(None, ge=0, le=0.9)
+    """Dropout rate the graph and threshold must survive; None: ``federated.dropout`` + 0.05,
+    at least 0.1."""
+    collusion: float = Field(0.01, ge=0, lt=0.5)
+    """Fraction of a round's clients assumed to collude with the server."""
+    target_failure: float = Field(1e-6, gt=0, lt=1)
+    """Acceptable probability that a round aborts for want of surviving share holders."""
+    security_bits: float = Field(40.0, gt=0, le=128)
+    """sigma: the server learns more than the sum with probability at most 2^-sigma."""
     clip: float = Field(4.0, gt=0)
     """Every uploaded value is clipped to [-clip, clip] before fixed-point quantisation."""
     bits: Literal[32, 64] = 32
@@ -303,6 +317,32 @@ class DeployConfig(_Section):
     negatives and noise: for testing only)."""
 
 
+class TrackingConfig(_Section):
+    """Experiment tracking (``pip install 'fedrec[tracking]'``); it never changes results.
+
+    The store is ``$MLFLOW_TRACKING_URI`` when set, else a local SQLite store beside the run
+    directory (``<parent>/mlflow.db``), which needs no server."""
+
+    mlflow: bool = False
+    experiment: str = Field("fedrec", min_length=1)
+    run_name: str | None = None
+    """None: the run directory's name."""
+    tags: dict[str, str] = Field(default_factory=dict)
+    """Extra tags on the MLflow run, beside data set, model, mode and privacy mechanisms."""
+
+
+class AuditConfig(_Section):
+    """Canary auditing during a federated run (``fedrec run`` then writes ``audit.json``)."""
+
+    canaries: int = Field(0, ge=0)
+    """Canary clients added after the real ones, each inserted on a fair secret coin (the
+    one-run bound of Steinke et al. 2023 needs probability 1/2); 0: no audit."""
+    canary_items: int = Field(20, ge=1)
+    """Items (drawn uniformly) whose rows carry each canary's direction."""
+    confidence: float = Field(0.95, gt=0, lt=1)
+    """Confidence of the empirical epsilon lower bound."""
+
+
 class RunConfig(_Section):
     """Top level of a run configuration file."""
 
@@ -317,6 +357,8 @@ class RunConfig(_Section):
     federated: FederatedConfig = Field(default_factory=FederatedConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @property
     def upload_count_scale(self) -> float | None:
@@ -348,6 +390,19 @@ class RunConfig(_Section):
                 raise ValueError("federated.partition = 'column' needs federated.silo_column")
             if self.model.dropout > 0:
                 raise ValueError("federated training needs model.dropout = 0")
+        if self.audit.canaries:
+            if self.mode != "federated":
+                raise ValueError("audit.canaries needs mode = 'federated' (canaries are clients)")
+            if self.audit.canaries < 4:
+                raise ValueError(
+                    f"audit.canaries = {self.audit.canaries}: use 0 (off) or at least 4, so "
+                    "both coins can come up more than once"
+                )
+            if fed.weighted_sampling:
+                raise ValueError(
+                    "audit.canaries needs federated.weighted_sampling = false: canaries have "
+                    "no data size to be weighted by"
+                )
         self._check_privacy()
         return self
 
@@ -363,6 +418,12 @@ class RunConfig(_Section):
             raise ValueError("choose one of privacy.secagg and privacy.he, not both")
         if priv.dp.enabled and priv.ldp.enabled:
             raise ValueError("choose one of privacy.dp (user-level) and privacy.ldp (local)")
+        sa = priv.secagg
+        if sa.enabled and sa.max_dropout is not None and sa.max_dropout < fed.dropout:
+            raise ValueError(
+                f"privacy.secagg.max_dropout = {sa.max_dropout} is below federated.dropout = "
+                f"{fed.dropout}: rounds would abort for want of surviving share holders"
+            )
         if priv.dp.enabled:
             dp = priv.dp
             if dp.noise_multiplier is None and dp.target_epsilon is None:
@@ -446,6 +507,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     except ValidationError as exc:
         where = f" in {path}" if path is not None else ""
         raise ConfigError(f"invalid configuration{where}:\n{exc}") from exc
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, str]:
+    """A (raw or dumped) configuration as ``section.key -> value``, keys exactly as ``--set``
+    takes them; non-string values as JSON."""
+    if isinstance(node, dict) and node:
+        out: dict[str, str] = {}
+        for k, v in node.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: node if isinstance(node, str) else json.dumps(node)}
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -95,13 +95,16 @@ def test_federated_run_reports_rounds_and_bytes(tmp_path: Path, data_dir: Path) 
     assert summary["uploads"]["form"] == "sparse rows with item ids"
 
     # The audit replays a round as this server saw it: plain sparse FedMF leaks everything.
-    _run("audit", str(out), "--clients", "100")
+    _run("audit", str(out), "--clients", "100", "--canaries", "100")
     audit = json.loads((out / "audit.json").read_text())
     assert audit["server_view"] == "sparse rows with item ids"
     assert audit["item_inference"]["auc_mean"] > 0.95
-    assert audit["item_inference"]["matched_auc_mean"] > 0.95
+    assert audit["item_inference"]["advantage_over_popularity_mean"] > 0.1
     assert audit["item_inference"]["n_clients"] == 100
     assert 0.3 < audit["membership_inference"]["auc"] < 0.8
+    canary = audit["canary_audit"]
+    assert canary["adversary_view"] == "uploads" and canary["retrained"]
+    assert canary["auc"] > 0.6 and canary["accounted_epsilon"] is None
 
 
 def test_secagg_dp_run_reports_epsilon_and_hides_clients(tmp_path: Path, data_dir: Path) -> None:
@@ -129,10 +132,13 @@ def test_secagg_dp_run_reports_epsilon_and_hides_clients(tmp_path: Path, data_di
     assert summary["uploads"]["secure_aggregation"] and summary["uploads"]["user_level_dp"]
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert record["epsilon"] == priv["epsilon"]
-    _run("audit", str(out), "--clients", "60")
+    _run("audit", str(out), "--clients", "60", "--canaries", "100")
     audit = json.loads((out / "audit.json").read_text())
     assert audit["server_view"] == "sum over clients only"
-    assert 0.4 < audit["item_inference"]["matched_auc_mean"] < 0.6
+    assert audit["item_inference"]["advantage_over_popularity_mean"] < 0.05
+    canary = audit["canary_audit"]
+    assert canary["adversary_view"] == "sums"
+    assert canary["empirical_epsilon"] <= canary["accounted_epsilon"]
 
 
 def test_data_info_and_bad_input(data_dir: Path, tmp_path: Path) -> None:

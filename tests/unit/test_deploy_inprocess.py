@@ -20,6 +20,7 @@ from fedrec.deploy.payload import Payload
 from fedrec.deploy.server import serve
 from fedrec.deploy.shards import ClientShard, write_shards
 from fedrec.experiment.outputs import RunDirectory
+from fedrec.federated.configure import secagg_config
 from fedrec.simulation.training import train_federated
 from tests.synthetic import two_taste_split
 
@@ -166,6 +167,9 @@ def test_secagg_round_survives_a_client_lost_mid_round(tmp_path: Path) -> None:
     assert records[1]["participants"] == 4 and records[1]["dropped"] == 1
     assert any(e["client"] == 2 for e in records[1]["events"])
     assert np.isfinite(summary["test"]["HR@5"])
+    block, expected = summary["secagg"], secagg_config(cfg).analysis(5)
+    assert (block["neighbours"], block["threshold"]) == (expected.k, expected.t)
+    assert block["predicted_failure"] == expected.failure and block["aborts"] == 0
 
 
 def _metrics(out: Path) -> list[dict[str, Any]]:

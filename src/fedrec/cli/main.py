@@ -83,6 +83,9 @@ def run(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue a federated run from its last checkpoint.")
     ] = False,
+    mlflow: Annotated[
+        bool, typer.Option("--mlflow", help="Track the run in MLflow (same as tracking.mlflow).")
+    ] = False,
 ) -> None:
     """Train and evaluate one configuration; write config.toml, metrics.jsonl, summary.json."""
     from fedrec.data.errors import DataError
@@ -92,6 +95,8 @@ def run(
     overrides = list(set_ or [])
     if data_dir is not None:
         overrides.append(f'data.dir="{data_dir}"')
+    if mlflow:
+        overrides.append("tracking.mlflow=true")
     try:
         cfg = load_config(config, overrides)
         run_dir = RunDirectory(out, overwrite=overwrite)
@@ -233,46 +238,156 @@ def recommend(
 def audit(
     run_dir: Annotated[Path, typer.Argument(help="A federated run directory.")],
     clients: Annotated[int, typer.Option(help="Clients to attack (at most).")] = 500,
+    canaries: Annotated[
+        int,
+        typer.Option(
+            help="Canaries for a run trained without them (its configuration is trained once "
+            "more with them inserted; a run with [audit] canaries keeps its own audit)."
+        ),
+    ] = 1000,
     out: Annotated[
         Path | None, typer.Option(help="Where to write the JSON (default RUN_DIR/audit.json).")
     ] = None,
 ) -> None:
-    """Attack what the run's server receives: item inference from one replayed round (per
-    client, or from the sum under SecAgg/HE) and membership inference on the final model."""
+    """Canary audit (attack AUC, empirical epsilon lower bound, accounted epsilon), item
+    inference from one replayed round against a popularity prior, and membership inference
+    on the final model."""
     from fedrec.data.errors import DataError
     from fedrec.experiment.audit import audit_run
     from fedrec.utils.atomic import atomic_write_text
 
     try:
-        report = audit_run(run_dir, clients=clients)
+        report = audit_run(run_dir, clients=clients, canaries=canaries)
     except (DataError, ConfigError, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     target = out or run_dir / "audit.json"
     atomic_write_text(target, json.dumps(report, indent=2) + "\n")
+    if target.name == "audit.json":
+        from fedrec.tracking import attach_artifact
+
+        if attach_artifact(run_dir, target):  # the run was tracked: its MLflow run gets it too
+            console.print(f"added {target.name} to the run's MLflow run")
+    can = report["canary_audit"]
+    table = Table(title=f"privacy audit of {run_dir}")
+    table.add_column("audit")
+    table.add_column("figure", justify="right")
+    table.add_column("reference", justify="right")
+
+    def fmt(v: object) -> str:
+        return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    view = can["adversary_view"]
+    if "auc" in can:
+        table.add_row(
+            f"canary attack AUC ({can['canaries']} canaries, saw {view})", fmt(can["auc"]), "0.500"
+        )
+        table.add_row(
+            f"empirical epsilon, lower bound at {can['confidence']:.0%}",
+            fmt(can["empirical_epsilon"]),
+            f"accounted {fmt(can['accounted_epsilon'])}",
+        )
+        table.add_row(
+            "Gaussian estimate (Andrew et al.)", fmt(can["gaussian_estimate"]["epsilon"]), ""
+        )
+    else:
+        table.add_row("canary audit", can.get("error", "-"), "")
     inf = report["item_inference"]
-    table = Table(title=f"privacy audit of {run_dir} (server saw: {report['server_view']})")
-    table.add_column("attack")
-    table.add_column("ROC-AUC matched", justify="right")
-    table.add_column("ROC-AUC all items", justify="right")
-    table.add_column("precision", justify="right")
-    table.add_column("recall", justify="right")
-    table.add_column("F1", justify="right")
-    table.add_column("random guess (AUC / precision)", justify="right")
     if inf:
         table.add_row(
-            f"item inference ({int(inf['n_clients'])} clients)",
-            f"{inf.get('matched_auc_mean', float('nan')):.3f}",
-            f"{inf['auc_mean']:.3f}",
-            f"{inf['precision_mean']:.3f}",
-            f"{inf['recall_mean']:.3f}",
-            f"{inf['f1_mean']:.3f}",
-            f"0.500 / {inf['baseline_precision_mean']:.4f}",
+            f"item inference, advantage over popularity ({report['server_view']})",
+            fmt(inf["advantage_over_popularity_mean"]),
+            "0.000",
         )
     mia = report.get("membership_inference")
     if mia:
-        table.add_row("membership (final model)", f"{mia['auc']:.3f}", "", "", "", "", "0.500")
+        table.add_row("membership advantage (final model)", fmt(mia["advantage"]), "0.000")
+        table.add_row("membership AUC (popularity-matched)", fmt(mia["auc"]), "0.500")
     console.print(table)
     console.print(f"written: {target}")
+
+
+@app.command()
+def tune(
+    config: Annotated[Path, typer.Argument(help="The TOML configuration to tune.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Study directory (resumable).")],
+    trials: Annotated[int, typer.Option("--trials", "-n", help="Finished trials wanted.")] = 20,
+    space: Annotated[
+        Path | None,
+        typer.Option("--space", help="Search space TOML (keys as --set); default per model."),
+    ] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Parallel worker processes.")] = 1,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Stop starting trials after S seconds.")
+    ] = None,
+    set_: SetOption = None,
+    data_dir: DataDirOption = None,
+    mlflow: Annotated[
+        bool, typer.Option("--mlflow", help="Track the study and each trial in MLflow.")
+    ] = False,
+) -> None:
+    """Search hyperparameters on validation (Optuna TPE, pruning on the validation curve),
+    then retrain the best configuration and read its test metrics once."""
+    from fedrec.data.errors import DataError
+
+    try:
+        from fedrec.tune.space import load_space
+        from fedrec.tune.study import tune as run_study
+    except ImportError as exc:
+        raise _fail(f"fedrec tune needs Optuna: pip install 'fedrec[tune]' ({exc})") from exc
+    overrides = list(set_ or [])
+    if data_dir is not None:
+        overrides.append(f'data.dir="{data_dir}"')
+    if mlflow:
+        overrides.append("tracking.mlflow=true")
+    try:
+        cfg = load_config(config, overrides)
+        search = load_space(cfg, space)
+        summary = run_study(
+            cfg,
+            out,
+            trials=trials,
+            space=search,
+            jobs=jobs,
+            timeout=timeout,
+            echo=console.print,
+        )
+    except (ConfigError, DataError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise _fail(str(exc)) from exc
+    best = summary["best"]
+    console.print(
+        f"[bold]best trial {best['trial']}[/] of {summary['trials']['total']}: "
+        f"{summary['config_monitor']} = {best['valid']:.4f}  "
+        + "  ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
+    )
+    console.print(
+        _metrics_table(
+            "best configuration, retrained (test read once)",
+            {"valid": summary["retrained"]["valid"], "test": summary["retrained"]["test"]},
+        )
+    )
+    if "privacy" in summary:
+        console.print(
+            f"[yellow]privacy: {summary['privacy']['trials_on_private_data']} trials trained "
+            "on the private data; the tuned configuration's privacy cost includes them[/]"
+        )
+    console.print(f"results in {out}/tune.json, {out}/best.toml, {out}/trials.csv")
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Finished run directories.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path(
+        "report.html"
+    ),
+) -> None:
+    """One self-contained HTML page comparing runs (no network needed to open it)."""
+    from fedrec.report.html import ReportError, write_report
+
+    try:
+        path = write_report(run_dirs, out)
+    except ReportError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"written: {path}")
 
 
 @data_app.command("info")

@@ -46,12 +46,14 @@ from fedrec.federated.aggregate import Accumulator
 from fedrec.federated.configure import (
     loop_settings,
     make_server_privacy,
+    secagg_max_dropout,
+    secagg_summary,
     selection_of,
     strategy_of,
 )
 from fedrec.federated.layout import ParamLayout
 from fedrec.federated.loop import LoopState, aborted_rounds, run_rounds
-from fedrec.federated.server import RoundAbortedError, RoundOutcome, ServerState
+from fedrec.federated.server import SECAGG_ABORTED, RoundAbortedError, RoundOutcome, ServerState
 from fedrec.privacy.secagg import SecAggAbort, SecAggError, SecAggServer
 from fedrec.privacy.secagg.messages import (
     AdvertiseKeys,
@@ -61,7 +63,9 @@ from fedrec.privacy.secagg.messages import (
 )
 from fedrec.privacy.server import ServerPrivacy
 from fedrec.privacy.upload import UploadVector
+from fedrec.report.machine import describe_machine
 from fedrec.report.plots import plot_learning_curves
+from fedrec.tracking import Tracker, open_tracker
 from fedrec.utils.atomic import atomic_open
 
 log = logging.getLogger("fedrec.deploy")
@@ -312,7 +316,11 @@ class NetworkRunner:
             "secagg/ids": list(targets),
             "secagg/dim": self.vector.dim,
             "secagg/neighbours": -1 if s.neighbours is None else s.neighbours,
-            "secagg/threshold": s.threshold,
+            "secagg/threshold": -1.0 if s.threshold is None else s.threshold,
+            "secagg/max_dropout": secagg_max_dropout(self.cfg),
+            "secagg/collusion": s.collusion,
+            "secagg/target_failure": s.target_failure,
+            "secagg/security_bits": s.security_bits,
             "secagg/clip": s.clip,
             "secagg/bits": s.bits,
             "secagg/seed": session_seed,
@@ -388,7 +396,7 @@ class NetworkRunner:
             )
             result = server.aggregate()
         except SecAggAbort as err:
-            raise RoundAbortedError(f"secure aggregation aborted: {err}") from err
+            raise RoundAbortedError(f"{SECAGG_ABORTED}: {err}") from err
         included = sorted(int(c) for c in result.included)
         examples = sum(stats[c][0] for c in included if c in stats)
         loss_sum = sum(stats[c][1] for c in included if c in stats and not math.isnan(stats[c][1]))
@@ -480,12 +488,28 @@ def expected_clients(cfg: RunConfig) -> int:
 def serve(
     cfg: RunConfig, transport: Transport, out: RunDirectory, *, resume: bool = False
 ) -> dict[str, Any]:
-    """Run ``cfg`` with the clients behind ``transport``; write and return the summary."""
-    start = time.perf_counter()
+    """Run ``cfg`` with the clients behind ``transport``; write and return the summary.
+    Tracking (``[tracking] mlflow``) happens here, on the server: clients never see MLflow."""
     supported(cfg)
+    out.write_config(cfg)
+    tracker = open_tracker(cfg, out.path, resume=resume)
+    try:
+        summary = _serve(cfg, transport, out, resume, tracker)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(None, status="FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish(summary)
+    return summary
+
+
+def _serve(
+    cfg: RunConfig, transport: Transport, out: RunDirectory, resume: bool, tracker: Tracker | None
+) -> dict[str, Any]:
+    start = time.perf_counter()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    out.write_config(cfg)
     n_clients = expected_clients(cfg)
     online = _wait_for_clients(transport, n_clients, cfg.deploy.wait_clients_s)
     fp = data_fingerprint(cfg)
@@ -539,6 +563,8 @@ def serve(
         record["clients_online"] = len(transport.clients())
         record["events"] = [e for e in runner.events if e["round"] == record["round"]]
         out.log_metrics(record)
+        if tracker is not None:
+            tracker.log_record(record)
         log.info(
             "round %d: loss %.4f, %d participants%s",
             record["round"],
@@ -598,6 +624,7 @@ def serve(
         "stop_reason": loop.stop_reason,
         "aborted_rounds": aborted_rounds(loop.history),
         "events": len(runner.events),
+        "machine": describe_machine(),
         "uploads": {
             "form": (
                 "dense fixed-shape vector"
@@ -611,6 +638,8 @@ def serve(
             "client_randomness": cfg.deploy.client_randomness,
         },
     }
+    if cfg.privacy.secagg.enabled:
+        summary["secagg"] = secagg_summary(cfg, history)
     if resumed_from is not None:
         summary["resumed_from_round"] = resumed_from
     if privacy is not None:

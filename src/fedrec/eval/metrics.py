@@ -14,6 +14,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+LOWER_IS_BETTER = frozenset({"RMSE", "MAE"})
+"""Error metrics: a model selected on one of these minimises it."""
+
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 F64 = npt.NDArray[np.float64]

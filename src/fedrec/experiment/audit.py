@@ -1,18 +1,22 @@
-"""Privacy audit of a run: replay one round as the run's own server saw it, and attack that.
+"""Privacy audit of a run: canaries through one training run, an attack on one replayed round
+as the run's own server saw it, and membership inference on the final model.
 
-An honest-but-curious server tries to tell which items each client interacted with from
-exactly what reached it: per-client sparse rows, per-client dense vectors (local DP), or only
-the sum (secure aggregation, homomorphic encryption). The round replayed is the next round of
-the run's last checkpoint, with its own mechanisms, seed and selection, so the audit attacks
-what the configured system really sends. A membership-inference attack on the final model
-(Yeom et al. 2018) compares the scores of users' training interactions with their held-out
-ones: a model that does not remember its training data cannot tell them apart (AUC 0.5).
+* Canaries (:mod:`fedrec.simulation.canaries`): the run's configuration is trained once
+  more with canary clients, unless the run already carried them (``[audit] canaries``); the
+  report gives the attack's AUC, an empirical epsilon lower bound with its confidence, a
+  Gaussian estimate, and the accounted epsilon next to them.
+* Item inference: the next round of the run's last checkpoint is replayed with its own
+  mechanisms, seed and selection, and the server's view (per-client sparse rows or dense
+  vectors, or only the sum) is attacked; reported as the advantage over a popularity prior.
+* Membership inference (Yeom et al. 2018): training interactions against never-interacted
+  items of matched popularity, scored by the final model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +42,7 @@ from fedrec.privacy.attacks import (
 )
 from fedrec.privacy.upload import UploadVector
 from fedrec.simulation.protected import AggregateObservation, Observation
-from fedrec.simulation.training import CHECKPOINT, build_simulation
+from fedrec.simulation.training import CHECKPOINT, build_simulation, train_federated
 
 IntArray = npt.NDArray[np.int64]
 CLIENT_SAMPLE = "uniform: keyed hash of client ids"
@@ -99,16 +103,34 @@ class _Recorder:
         return sorted(c for _, c in keyed[: self.limit])
 
 
+def _popularity_prior(train_items: IntArray, n_items: int) -> IntArray:
+    """Interactions per item: the public prior a server needs no client's upload to know."""
+    return np.bincount(train_items, minlength=n_items).astype(np.int64)
+
+
+def _with_prior(scores: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """The attack's ranking with ties (e.g. every item it did not see) broken by the prior,
+    as ranks: an attacker holding both uses both."""
+    order = np.lexsort((prior, scores))
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(len(scores))
+    return ranks
+
+
 def item_inference(
-    rec: _Recorder, truth: dict[int, IntArray], n_items: int, vector: UploadVector | None
+    rec: _Recorder,
+    truth: dict[int, IntArray],
+    n_items: int,
+    vector: UploadVector | None,
+    popularity: IntArray,
 ) -> tuple[dict[str, Any], str]:
     """Attack every observed client; returns the summary and what the server could see.
 
-    Two yardsticks. ``all items``: the client's items against every other item (random
-    guessing gives 0.5, but so does nothing else: guessing popular items already beats it,
-    whatever the protocol). ``matched`` (the headline): the client's items against another
-    client's items, so both sets follow the population's popularity and only what the server
-    learnt about *this* client separates them; under secure aggregation it is 0.5.
+    Headline: the advantage over a public popularity prior, the AUC of the attack (ties
+    broken by popularity) minus the AUC of ranking items by popularity alone, per client
+    (the client's own interactions are taken out of the prior), floored at 0 over the sample.
+    0 means the upload taught the server nothing beyond popularity; guessing popular items
+    already beats 0.5 AUC whatever the protocol, so plain AUC (``auc_mean``) overstates leaks.
     """
     scored: list[tuple[int, np.ndarray]] = []
     view = "sparse rows with item ids"
@@ -128,51 +150,115 @@ def item_inference(
             rows, bias = _row_and_bias(dict(vector.split(o.vector.to(torch.float64)).item_sum))
             ids = None
         scored.append((o.client, item_inference_scores(n_items, ids, rows, bias)))
-    scored = [(c, sc) for c, sc in scored if len(truth.get(c, ()))]
+    scored = [(c, sc) for c, sc in scored if 0 < len(truth.get(c, ())) < n_items]
     results: list[InferenceResult] = []
-    matched: list[float] = []
-    for k, (c, sc) in enumerate(scored):
+    prior_auc: list[float] = []
+    attack_auc: list[float] = []
+    for c, sc in scored:
         mine = truth[c]
         results.append(evaluate_inference(sc, mine, n_items))
-        other = truth[scored[(k + 1) % len(scored)][0]]
-        # Items both have are dropped from both sides: they are the popular ones, and keeping
-        # them on one side only would hand a popularity guess an edge.
-        only_mine, only_theirs = np.setdiff1d(mine, other), np.setdiff1d(other, mine)
-        if len(only_mine) and len(only_theirs) and len(scored) > 1:
-            matched.append(roc_auc(sc[only_mine], sc[only_theirs]))
+        prior = popularity.copy()
+        prior[mine] -= 1
+        is_mine = np.zeros(n_items, dtype=bool)
+        is_mine[mine] = True
+        prior_auc.append(roc_auc(prior[is_mine], prior[~is_mine]))
+        ranks = _with_prior(sc, prior)
+        attack_auc.append(roc_auc(ranks[is_mine], ranks[~is_mine]))
     out: dict[str, Any] = summarize(results) if results else {}
-    if matched:
-        out["matched_auc_mean"] = float(np.mean(matched))
-        out["matched_auc_std"] = float(np.std(matched))
+    if results:
+        gain = np.array(attack_auc) - np.array(prior_auc)
+        out["popularity_auc_mean"] = float(np.mean(prior_auc))
+        out["attack_with_prior_auc_mean"] = float(np.mean(attack_auc))
+        out["attack_minus_popularity_auc_mean"] = float(gain.mean())
+        out["attack_minus_popularity_auc_std"] = float(gain.std())
+        # An attacker who knows the prior can always fall back on it: a worse attack than the
+        # prior (negative gain, e.g. noise under DP) has taught it nothing, not less.
+        out["advantage_over_popularity_mean"] = max(0.0, float(gain.mean()))
     return out, view
 
 
+def membership_advantage(member: np.ndarray, non: np.ndarray) -> float:
+    """Yeom et al.'s membership advantage: the best threshold's TPR - FPR (0: no leak)."""
+    scores = np.concatenate([member, non])
+    label = np.r_[np.ones(len(member)), np.zeros(len(non))]
+    order = np.argsort(-scores, kind="stable")
+    s, lab = scores[order], label[order]
+    last = np.r_[s[1:] != s[:-1], True]  # a threshold only between distinct scores
+    tpr = np.cumsum(lab)[last] / len(member)
+    fpr = np.cumsum(1 - lab)[last] / len(non)
+    return float(max(0.0, (tpr - fpr).max()))
+
+
+POPULARITY_BINS = 10
+
+
 def membership_inference(
-    model: Recommender, split: Split, users: int, seed: int
-) -> dict[str, float]:
-    """Training interactions vs the same users' held-out ones, scored by the final model."""
-    test = split.test
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(test), size=min(users, len(test)), replace=False)
+    model: Recommender, split: Split, users: int, seed: int, per_user: int = 5
+) -> dict[str, Any]:
+    """Training interactions against never-interacted items of matched popularity, scored by
+    the final model (Yeom et al. 2018). Each member (u, i) is paired with an item u never
+    interacted with (not in train, valid or test) from i's popularity decile, so neither
+    popularity nor a time shift between train and held-out interactions separates them."""
     train = split.train
-    order = np.argsort(train.users, kind="stable")
-    starts = np.searchsorted(train.users[order], test.users[chosen])
-    ends = np.searchsorted(train.users[order], test.users[chosen], side="right")
-    keep = ends > starts
-    picks = order[starts[keep] + (rng.random(keep.sum()) * (ends - starts)[keep]).astype(int)]
+    n_items = train.n_items
+    rng = np.random.default_rng(seed)
+    pop = _popularity_prior(train.items, n_items)
+    edges = np.unique(np.quantile(pop, np.linspace(0, 1, POPULARITY_BINS + 1)[1:-1]))
+    bin_of = np.searchsorted(edges, pop, side="right")
+    by_bin = [np.flatnonzero(bin_of == b) for b in range(len(edges) + 1)]
+    seen_u = np.concatenate([train.users, split.valid.users, split.test.users])
+    seen_i = np.concatenate([train.items, split.valid.items, split.test.items])
+    order = np.argsort(seen_u, kind="stable")
+    bounds = np.searchsorted(seen_u[order], np.arange(train.n_users + 1))
+    candidates = np.unique(train.users)
+    chosen = rng.choice(candidates, size=min(users, len(candidates)), replace=False)
+    mu, mi, nu, ni = [], [], [], []
+    for u in np.sort(chosen):
+        seen = np.unique(seen_i[order[bounds[u] : bounds[u + 1]]])
+        mine = np.intersect1d(train.items[train.users == u], seen)
+        for i in rng.choice(mine, size=min(per_user, len(mine)), replace=False):
+            pool = np.setdiff1d(by_bin[bin_of[i]], seen, assume_unique=True)
+            if len(pool):
+                mu.append(u)
+                mi.append(i)
+                nu.append(u)
+                ni.append(int(rng.choice(pool)))
+    if not mu:
+        raise ValueError("no training interaction has a never-interacted item of its popularity")
     with torch.no_grad():
-        member = model(torch.from_numpy(train.users[picks]), torch.from_numpy(train.items[picks]))
-        non = model(
-            torch.from_numpy(test.users[chosen][keep]), torch.from_numpy(test.items[chosen][keep])
-        )
+        member = model(torch.tensor(mu), torch.tensor(mi)).numpy()
+        non = model(torch.tensor(nu), torch.tensor(ni)).numpy()
     return {
-        "auc": membership_inference_auc(member.numpy(), non.numpy()),
-        "pairs": int(keep.sum()),
+        "auc": membership_inference_auc(member, non),
+        "advantage": membership_advantage(member, non),
+        "pairs": len(mu),
+        "non_members": "never-interacted items of the member's popularity decile",
     }
 
 
-def audit_run(run_dir: Path, *, clients: int = 500, seed: int = 0) -> dict[str, Any]:
-    """Attack one replayed round of the run at ``run_dir`` and its final model."""
+def canary_audit(run_dir: Path, cfg: RunConfig, split: Split, canaries: int) -> dict[str, Any]:
+    """The run's own canary audit when it carried canaries, else one of a retraining of its
+    configuration with ``canaries`` canaries (one run gives the estimate)."""
+    saved = run_dir / "audit.json"
+    if cfg.audit.canaries and saved.exists():
+        found = json.loads(saved.read_text()).get("canary_audit")
+        if found is not None:
+            return dict(found)
+    if canaries < 4:
+        raise ValueError(
+            f"canaries must be >= 4 to audit a run trained without them, got {canaries}"
+        )
+    raw = cfg.model_dump()
+    raw["audit"] = {**raw["audit"], "canaries": canaries}
+    result = train_federated(RunConfig.model_validate(raw), split)
+    assert result.audit is not None
+    return {**result.audit, "retrained": True}
+
+
+def audit_run(
+    run_dir: Path, *, clients: int = 500, seed: int = 0, canaries: int = 1000
+) -> dict[str, Any]:
+    """Canary audit, item inference on one replayed round, membership on the final model."""
     cfg_path = run_dir / "config.toml"
     ckpt = run_dir / "checkpoints" / CHECKPOINT
     model_path = run_dir / "model.pt"
@@ -184,7 +270,9 @@ def audit_run(run_dir: Path, *, clients: int = 500, seed: int = 0) -> dict[str, 
     prepared = prepare(cfg)
     split = prepared.split
     rec = _Recorder(limit=clients, seed=seed)
-    sim = build_simulation(cfg, split, observer=rec)
+    # The replayed round is the real clients' (a run's canaries are audited above).
+    replay = RunConfig.model_validate({**cfg.model_dump(), "audit": {"canaries": 0}})
+    sim = build_simulation(replay, split, observer=rec)
     state = sim.state
     if ckpt.exists():
         saved = torch.load(ckpt, weights_only=False)
@@ -217,9 +305,11 @@ def audit_run(run_dir: Path, *, clients: int = 500, seed: int = 0) -> dict[str, 
         vector = UploadVector.of(
             lay, state.shared, train.n_items, cfg.upload_count_scale, cfg.upload_weights
         )
-    inference, view = item_inference(rec, truth, train.n_items, vector)
+    popularity = _popularity_prior(train.items, train.n_items)
+    inference, view = item_inference(rec, truth, train.n_items, vector, popularity)
     out: dict[str, Any] = {
         "run": str(run_dir),
+        "canary_audit": canary_audit(run_dir, cfg, split, canaries),
         "round_replayed": state.round + 1,
         "client_sample": CLIENT_SAMPLE,
         "server_view": view,

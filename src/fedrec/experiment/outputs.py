@@ -85,7 +85,8 @@ class RunDirectory:
 
 def finished_run(cfg: RunConfig, path: Path) -> dict[str, Any] | None:
     """The summary of a finished run in ``path`` made from the same resolved configuration
-    (``threads`` aside: it changes speed, not results), else None. Benchmarks use it to
+    (``threads`` and ``tracking`` aside: they change speed and bookkeeping, not results), else
+    None. Benchmarks use it to
     resume where an interrupted invocation stopped instead of retraining."""
     summary, saved = path / "summary.json", path / "config.toml"
     if not (summary.exists() and saved.exists()):
@@ -96,7 +97,8 @@ def finished_run(cfg: RunConfig, path: Path) -> dict[str, Any] | None:
         previous = load_config(saved)
     except ConfigError:
         return None  # written by a fedrec whose options differ: not this configuration
-    if cfg.model_dump(exclude={"threads"}) != previous.model_dump(exclude={"threads"}):
+    same = {"threads", "tracking"}
+    if cfg.model_dump(exclude=same) != previous.model_dump(exclude=same):
         return None
     data: dict[str, Any] = json.loads(summary.read_text())
     return data

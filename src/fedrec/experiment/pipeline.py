@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from collections.abc import Callable
@@ -17,9 +18,12 @@ from fedrec.data.loaders import load_dataset, load_table
 from fedrec.data.splits import make_split
 from fedrec.data.table import Interactions, Split
 from fedrec.experiment.outputs import RunDirectory
+from fedrec.federated.configure import secagg_summary
 from fedrec.federated.loop import aborted_rounds
+from fedrec.report.machine import describe_machine
 from fedrec.report.plots import plot_learning_curves
 from fedrec.simulation.training import FederatedResult, train_federated
+from fedrec.tracking import open_tracker
 from fedrec.training.centralized import TrainResult, train_centralized
 from fedrec.utils.atomic import atomic_open, atomic_write_text
 
@@ -87,6 +91,7 @@ def summarize(
         "seconds_data": prepared.seconds,
         "seconds_train": result.seconds,
         "environment": _environment(),
+        "machine": describe_machine(),
     }
     if isinstance(result, FederatedResult):
         summary.update(
@@ -110,6 +115,8 @@ def summarize(
         if result.privacy is not None:
             summary["privacy"] = result.privacy
         summary["uploads"] = _uploads(cfg)
+        if cfg.privacy.secagg.enabled:
+            summary["secagg"] = secagg_summary(cfg, result.history)
     else:
         summary.update(
             {
@@ -148,14 +155,39 @@ def run_experiment(
     on_eval: Callable[[dict[str, Any]], None] | None = None,
     *,
     resume: bool = False,
+    tracking: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run one configuration end to end and write its run directory; returns the summary."""
+    """Run one configuration end to end and write its run directory; returns the summary.
+    With ``[tracking] mlflow = true`` the run is mirrored in MLflow as it goes (``tracking``:
+    extra arguments of :func:`~fedrec.tracking.open_tracker`, e.g. a parent run)."""
     start = time.perf_counter()
     out.write_config(cfg)  # threads are set by the training entry points themselves
+    tracker = open_tracker(cfg, out.path, resume=resume, **(tracking or {}))
+    try:
+        summary = _run(cfg, out, on_eval, resume, tracker.log_record if tracker else None, start)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(None, status="FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish(summary)
+    return summary
+
+
+def _run(
+    cfg: RunConfig,
+    out: RunDirectory,
+    on_eval: Callable[[dict[str, Any]], None] | None,
+    resume: bool,
+    track: Callable[[dict[str, Any]], None] | None,
+    start: float,
+) -> dict[str, Any]:
     prepared = prepare(cfg)
 
     def _log(record: dict[str, Any]) -> None:
         out.log_metrics(record)
+        if track is not None:
+            track(record)
         if on_eval is not None:
             on_eval(record)
 
@@ -173,6 +205,9 @@ def run_experiment(
         if resume:
             raise ValueError("--resume applies to federated runs (mode = 'federated')")
         result = train_centralized(cfg, prepared.split, on_eval=_log)
+    if isinstance(result, FederatedResult) and result.audit is not None:
+        audit = {"run": str(out.path), "canary_audit": result.audit}
+        atomic_write_text(out.path / "audit.json", json.dumps(audit, indent=2) + "\n")
     if result.per_user_test is not None:
         frame = result.per_user_test.copy()
         if "user" in frame.columns:

@@ -5,6 +5,11 @@ theirs here, so one configuration means the same thing in both."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 
 from fedrec.config import RunConfig
 from fedrec.data.table import Split
@@ -12,9 +17,11 @@ from fedrec.federated.client import LocalSettings
 from fedrec.federated.loop import LoopSettings
 from fedrec.federated.partition import Partition, by_column, cross_device, random_silos
 from fedrec.federated.selection import Selection
+from fedrec.federated.server import SECAGG_ABORTED
 from fedrec.federated.strategies import Strategy, StrategySettings, make_strategy
 from fedrec.privacy.dp import min_survivors
 from fedrec.privacy.ldp import LocalDP
+from fedrec.privacy.secagg.config import SecAggConfig
 from fedrec.privacy.server import DPSettings, Sampling, ServerPrivacy
 
 
@@ -133,3 +140,61 @@ def loop_settings(cfg: RunConfig) -> LoopSettings:
         delta=cfg.privacy.dp.delta,
         ema_decay=fed.ema_decay,
     )
+
+
+def secagg_max_dropout(cfg: RunConfig) -> float:
+    """The dropout rate SecAgg+ parameters are chosen for: the configured one plus a margin for
+    rates above it (the binomial analysis covers the randomness at the rate itself), at least
+    the 10% every deployment should expect."""
+    s = cfg.privacy.secagg
+    return default_max_dropout(cfg.federated.dropout) if s.max_dropout is None else s.max_dropout
+
+
+def default_max_dropout(dropout: float) -> float:
+    return round(min(0.9, max(0.1, dropout + 0.05)), 6)
+
+
+def secagg_config(cfg: RunConfig) -> SecAggConfig:
+    """The protocol's configuration for a run with ``[privacy.secagg]`` on."""
+    s = cfg.privacy.secagg
+    return SecAggConfig(
+        neighbours=s.neighbours,
+        threshold=s.threshold,
+        max_dropout=secagg_max_dropout(cfg),
+        collusion=s.collusion,
+        target_failure=s.target_failure,
+        security_bits=s.security_bits,
+        clip=s.clip,
+        bits=s.bits,
+    )
+
+
+def secagg_summary(cfg: RunConfig, history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The run summary's SecAgg+ block: the model behind (k, t), the pair at the median round
+    size with its predicted abort probability, and the rounds that did abort, by reason."""
+    config = secagg_config(cfg)
+    sizes = [int(r["selected"]) for r in history if int(r.get("selected", 0)) >= 2]
+    aborts = [
+        str(r["aborted"]) for r in history if str(r.get("aborted", "")).startswith(SECAGG_ABORTED)
+    ]
+    out: dict[str, Any] = {
+        "max_dropout": config.max_dropout,
+        "collusion": config.collusion,
+        "target_failure": config.target_failure,
+        "security_bits": config.security_bits,
+        "rounds": len(history),
+        "aborts": len(aborts),
+        "abort_reasons": dict(Counter(aborts).most_common(5)),
+    }
+    if sizes:
+        typical = config.analysis(int(np.median(sizes)))
+        worst = max((config.analysis(n) for n in set(sizes)), key=lambda a: a.failure)
+        out |= {
+            "clients_per_round": typical.n,
+            "neighbours": typical.k,
+            "threshold": typical.t,
+            "predicted_failure": typical.failure,
+            "predicted_failure_max": worst.failure,
+            "insecurity_bound": typical.insecurity,
+        }
+    return out

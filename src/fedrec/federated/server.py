@@ -84,6 +84,11 @@ class ClientRunner(Protocol):
     ) -> RoundOutcome: ...
 
 
+SECAGG_ABORTED = "secure aggregation aborted"
+"""How a round aborted by SecAgg+ (too few surviving share holders, a corrupted share) starts
+its reason, so a run can count them."""
+
+
 class RoundAbortedError(RuntimeError):
     """The round applies no update (e.g. too few survivors for secure aggregation or for the
     distributed DP noise); the shared model stays as it was. ``released``: whether anything

@@ -26,9 +26,10 @@ from torch import Tensor
 from fedrec.config import RunConfig
 from fedrec.federated.aggregate import Accumulator
 from fedrec.federated.configure import make_server_privacy as make_server_privacy
+from fedrec.federated.configure import secagg_config as secagg_of
 from fedrec.federated.encoding import INDEX_BYTES, encode_decode, tensor_bytes
 from fedrec.federated.layout import ParamLayout
-from fedrec.federated.server import RoundAbortedError
+from fedrec.federated.server import SECAGG_ABORTED, RoundAbortedError
 from fedrec.privacy.server import ServerPrivacy
 from fedrec.privacy.upload import ClientProtection, UploadVector, client_generator
 
@@ -263,7 +264,7 @@ class SecAggSum:
         try:
             result = self.session.finish([int(c) for c in dropped])
         except SecAggAbort as err:
-            raise RoundAbortedError(f"secure aggregation aborted: {err}") from err
+            raise RoundAbortedError(f"{SECAGG_ABORTED}: {err}") from err
         return (
             torch.from_numpy(np.asarray(result.total, dtype=np.float64)),
             np.array(sorted(result.included), dtype=np.int64),
@@ -429,14 +430,7 @@ def make_sinks(
         from fedrec.privacy.he import HEKeyHolder
 
         key_holder = HEKeyHolder(priv.he.poly_modulus_degree)
-    secagg_config = None
-    if priv.secagg.enabled:
-        from fedrec.privacy.secagg import SecAggConfig
-
-        s = priv.secagg
-        secagg_config = SecAggConfig(
-            neighbours=s.neighbours, threshold=s.threshold, clip=s.clip, bits=s.bits
-        )
+    secagg_config = secagg_of(cfg) if priv.secagg.enabled else None
 
     distributed = privacy is not None and privacy.dp is not None and privacy.dp.distributed
     min_inputs = privacy.min_survivors() if privacy is not None and distributed else 1

@@ -37,12 +37,14 @@ from fedrec.federated.partition import (
 )
 from fedrec.federated.plan import ClientGroup
 from fedrec.federated.selection import Selection
-from fedrec.federated.server import ServerState
+from fedrec.federated.server import ClientRunner, ServerState
 from fedrec.federated.strategies import Strategy
 from fedrec.models.base import Recommender
 from fedrec.models.factory import build_model
 from fedrec.models.scoring import ModelScorer
 from fedrec.privacy.server import ServerPrivacy
+from fedrec.privacy.upload import UploadVector
+from fedrec.simulation.canaries import CanaryLedger, CanaryRunner, CanarySet, adversary_view
 from fedrec.simulation.engines import BatchedEngine, EngineSettings, PrivateStore, SequentialEngine
 from fedrec.simulation.protected import Observer, make_sinks
 from fedrec.training.result import RunResult
@@ -64,6 +66,8 @@ class FederatedResult(RunResult):
     privacy: dict[str, Any] | None = None
     """What the run spent (epsilon and the numbers that recompute it), when DP or LDP is on."""
     stop_reason: str = ""
+    audit: dict[str, Any] | None = None
+    """The canary audit (``[audit] canaries > 0``)."""
 
 
 def assemble(model: Recommender, shared: Params, private: Params) -> Recommender:
@@ -89,6 +93,11 @@ class Simulation:
     selection: Selection
     state: ServerState
     privacy: ServerPrivacy | None = None
+    runner: ClientRunner | None = None
+    """Who runs a round: the engine, or the engine plus canaries."""
+    n_clients: int = 0
+    """Clients the server samples from (canaries included)."""
+    ledger: CanaryLedger | None = None
 
 
 def build_simulation(
@@ -109,8 +118,20 @@ def build_simulation(
     trainer = LocalTrainer(model, local_settings(cfg))
     settings = EngineSettings(seed=cfg.seed, weighting=fed.weighting, encoding=fed.encoding)
     kind = engine or fed.engine
-    privacy = make_server_privacy(cfg, partition.n_clients)
+    m = cfg.audit.canaries
+    n_clients = partition.n_clients + m
+    privacy = make_server_privacy(cfg, n_clients)
     shared = {k: init[k] for k in layout.shared}
+    ledger = None
+    if m:
+        vector = UploadVector.of(
+            layout, shared, train.n_items, cfg.upload_count_scale, cfg.upload_weights
+        )
+        canaries = CanarySet.draw(
+            m, partition.n_clients, train.n_items, cfg.audit.canary_items, vector, cfg.seed
+        )
+        ledger = CanaryLedger(canaries, vector, adversary_view(cfg), inner=observer)
+        observer = ledger
     sinks = make_sinks(cfg, layout, shared, train.n_items, privacy, observer)
     runner: BatchedEngine | SequentialEngine = (
         BatchedEngine(
@@ -120,6 +141,10 @@ def build_simulation(
         else SequentialEngine(trainer, group, partition, store, settings, sinks=sinks)
     )
     strategy = strategy_of(cfg)
+    client_runner: ClientRunner = runner
+    if ledger is not None:
+        assert sinks is not None
+        client_runner = CanaryRunner(runner, ledger.canaries, layout, ledger.vector, sinks)
     return Simulation(
         model=model,
         layout=layout,
@@ -132,6 +157,9 @@ def build_simulation(
         selection=selection_of(cfg),
         state=ServerState.initial(shared, strategy, cfg.seed),
         privacy=privacy,
+        runner=client_runner,
+        n_clients=n_clients,
+        ledger=ledger,
     )
 
 
@@ -170,8 +198,12 @@ def train_federated(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     on_resume: Callable[[list[dict[str, Any]]], None] | None = None,
+    read_test: bool = True,
 ) -> FederatedResult:
-    """Federated training of ``cfg.model`` on ``split`` (see module docstring)."""
+    """Federated training of ``cfg.model`` on ``split`` (see module docstring).
+
+    ``read_test = False`` leaves the test rows untouched (empty test metrics): hyperparameter
+    search must decide on validation alone."""
     start = time.perf_counter()
     fed = cfg.federated
     sim = build_simulation(cfg, split)
@@ -181,6 +213,12 @@ def train_federated(
     loop = LoopState(server=sim.state)
     resumed_from: int | None = None
     ckpt = checkpoint_dir / CHECKPOINT if checkpoint_dir is not None else None
+    initial = {k: v.clone() for k, v in sim.state.shared.items()}
+    if resume and sim.ledger is not None:
+        raise ValueError(
+            "audit.canaries: a resumed run cannot be audited (the adversary's observations of "
+            "the earlier rounds are not checkpointed); rerun it from the start"
+        )
     if resume:
         if ckpt is None or not ckpt.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
@@ -213,14 +251,23 @@ def train_federated(
         loop_settings(cfg),
         strategy=sim.strategy,
         selection=sim.selection,
-        runner=sim.engine,
+        runner=sim.runner or sim.engine,
         evaluator=evaluator,
-        n_clients=partition.n_clients,
+        n_clients=sim.n_clients,
         privacy=privacy,
         client_weights=weights,
         on_round=on_round,
         save=save_checkpoint,
     )
+    audit = None
+    if sim.ledger is not None:
+        sim.ledger.observe_model(initial, loop.server.shared)
+        rep = privacy.report() if privacy is not None else {}
+        audit = sim.ledger.report(
+            rep.get("epsilon"),
+            float(rep.get("delta") or cfg.privacy.dp.delta),
+            beta=1 - cfg.audit.confidence,
+        )
     if evaluator.best is not None:
         assemble(model, evaluator.best["shared"], evaluator.best["private"])
     else:
@@ -228,19 +275,23 @@ def train_federated(
     t0 = time.perf_counter()
     ks = list(cfg.eval.ks)
     scorer = evaluator.scorer
-    test = evaluate(scorer, split, which="test", protocol=cfg.eval.protocol, ks=ks)
+    test_metrics: dict[str, float] = {}
+    per_user_test = None
     test_full = None
-    if cfg.eval.also_full and cfg.eval.protocol != "full":
-        test_full = dict(evaluate(scorer, split, which="test", protocol="full", ks=ks).metrics)
+    if read_test:
+        test = evaluate(scorer, split, which="test", protocol=cfg.eval.protocol, ks=ks)
+        test_metrics, per_user_test = dict(test.metrics), test.per_user
+        if cfg.eval.also_full and cfg.eval.protocol != "full":
+            test_full = dict(evaluate(scorer, split, which="test", protocol="full", ks=ks).metrics)
     return FederatedResult(
         model=model,
         history=loop.history,
         best_round=loop.best_round,
         rounds_run=loop.server.round,
         best_valid=dict(loop.best_valid),
-        test_metrics=dict(test.metrics),
+        test_metrics=test_metrics,
         test_full=test_full,
-        per_user_test=test.per_user,
+        per_user_test=per_user_test,
         seconds=time.perf_counter() - start,
         seconds_per_round=float(np.mean(loop.round_seconds)) if loop.round_seconds else 0.0,
         bytes_up=loop.bytes_up,
@@ -250,4 +301,5 @@ def train_federated(
         timing={"eval": evaluator.seconds, "test_eval": time.perf_counter() - t0},
         privacy=None if privacy is None else privacy.report(),
         stop_reason=loop.stop_reason,
+        audit=audit,
     )

@@ -19,6 +19,7 @@ import torch
 from fedrec.config import RunConfig
 from fedrec.data.sampling import TrainingNegativeSampler
 from fedrec.data.table import Split
+from fedrec.eval.metrics import LOWER_IS_BETTER
 from fedrec.eval.protocols import EvalResult, evaluate, evaluate_ratings
 from fedrec.models.base import Recommender
 from fedrec.models.factory import build_model
@@ -42,9 +43,6 @@ def _make_optimizer(cfg: RunConfig, model: Recommender) -> torch.optim.Optimizer
     if cfg.train.optimizer == "adagrad":
         return torch.optim.Adagrad(params, lr=lr)
     return torch.optim.SGD(params, lr=lr)
-
-
-LOWER_IS_BETTER = frozenset({"RMSE", "MAE"})
 
 
 def _monitor_value(metrics: dict[str, float], key: str) -> float:
@@ -115,8 +113,10 @@ def train_centralized(
     split: Split,
     *,
     on_eval: Callable[[dict[str, Any]], None] | None = None,
+    read_test: bool = True,
 ) -> TrainResult:
-    """Train on ``split.train``, select on ``split.valid``, test once on ``split.test``."""
+    """Train on ``split.train``, select on ``split.valid``, test once on ``split.test``
+    (not at all with ``read_test = False``: hyperparameter search decides on validation)."""
     start = time.perf_counter()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -197,10 +197,14 @@ def train_centralized(
     if best_state is not None:
         model.load_state_dict(best_state)
     t0 = time.perf_counter()
-    test = run_eval("test", protocol)
+    test_metrics: dict[str, float] = {}
+    per_user_test = None
     test_full = None
-    if cfg.eval.also_full and protocol != "full" and not explicit:
-        test_full = dict(run_eval("test", "full").metrics)
+    if read_test:
+        test = run_eval("test", protocol)
+        test_metrics, per_user_test = dict(test.metrics), test.per_user
+        if cfg.eval.also_full and protocol != "full" and not explicit:
+            test_full = dict(run_eval("test", "full").metrics)
     test_seconds = time.perf_counter() - t0
     total = time.perf_counter() - start
     return TrainResult(
@@ -209,9 +213,9 @@ def train_centralized(
         best_epoch=best_epoch,
         epochs_run=epochs_run,
         best_valid=best_valid,
-        test_metrics=dict(test.metrics),
+        test_metrics=test_metrics,
         test_full=test_full,
-        per_user_test=test.per_user,
+        per_user_test=per_user_test,
         seconds=total,
         seconds_per_epoch=train_seconds / epochs_run if epochs_run else 0.0,
         timing={"train": train_seconds, "valid_eval": eval_seconds, "test_eval": test_seconds},

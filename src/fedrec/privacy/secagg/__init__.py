@@ -1,8 +1,8 @@
 """SecAgg+ secure aggregation (Bell et al., CCS 2020) with the double masking of SecAgg
 (Bonawitz et al., CCS 2017), on the ``cryptography`` package.
 
-Protocol. Clients are placed on a public random k-regular graph (``graph``; k = 2 ceil(log2 n)
-by default). Stage 0: each client advertises two X25519 public keys, one to encrypt shares and
+Protocol. Clients are placed on a public random k-regular graph (``graph``; k derived by
+``params``). Stage 0: each client advertises two X25519 public keys, one to encrypt shares and
 one to agree pairwise masks. Stage 1: each client Shamir-shares (t of its k + 1 neighbourhood)
 its mask private key and a fresh self-mask seed with its neighbours, each share encrypted with
 AES-256-GCM under an HKDF-SHA256 key agreed with that neighbour; the server forwards the
@@ -27,22 +27,25 @@ inputs than ``min_inputs`` (distributed DP's m) the server raises ``TooFewInputs
 asking for any share, and each client, told the included set, refuses to unmask below its own
 ``min_inputs``.
 
-Parameters. t = floor(threshold * (k + 1)) + 1 (more than that fraction of the k + 1 holders),
-at least 2 and at most k + 1. The fixed-point scale is the largest for which n values in
-[-clip, clip] cannot wrap the ring (``quantize``): about 4.7e-7 x clip per level with bits=32
-and n=1000; an explicit ``scale`` that could overflow raises ``SecAggConfigError``.
+Parameters. k and t are derived for each round size (``params``, Bell et al. sec. 4) from the
+dropout rate to survive, the fraction of colluding clients, a target abort probability and a
+security parameter; a hand-set k or threshold (t = floor(threshold * (k + 1)) + 1) is checked
+against the same analysis and warns when it falls short. The fixed-point scale is the largest
+for which n values in [-clip, clip] cannot wrap the ring (``quantize``): about 4.7e-7 x clip
+per level with bits=32 and n=1000; an explicit ``scale`` that could overflow raises
+``SecAggConfigError``.
 
 Security: the semi-honest variant of SecAgg+ (honest-but-curious server; no signatures, no
 consistency-check round). The server follows the protocol and tries to learn from what it sees;
 it may collude with fewer than t members of any client's neighbourhood (Bell et al. show that a
 random k-regular graph with k = O(log n) keeps that true with high probability when a bounded
-fraction of all clients is corrupt; our default k = 2 ceil(log2 n) is a practical choice, raise
-it for stronger margins). The server then learns only the sum of the included clients' quantized
-inputs, and the sets (who advertised, who shared keys, whose input arrived, who answered
+fraction of all clients is corrupt; ``params`` bounds that probability by 2^-sigma for the
+configured colluding fraction). The server then learns only the sum of the included clients'
+quantized inputs, and the sets (who advertised, who shared keys, whose input arrived, who answered
 unmasking). Each input is hidden by AES-CTR keystreams: a self-mask (whose seed is never rebuilt
 for a client whose input arrived) and pairwise masks keyed by X25519 secrets. Shamir shares are
-information-theoretically hiding below t, and with threshold >= 0.5, t is above half a
-neighbourhood, so the holders never hand over enough shares to rebuild both of a client's
+information-theoretically hiding below t, and the derived t is above half a neighbourhood
+plus its colluders, so the holders never hand over enough shares to rebuild both of a client's
 secrets; a client also refuses an unmasking request naming a neighbour as both survived and
 dropped. Rebuilt secrets are checked (mask key against its public key, seed against a SHA-256
 commitment sent in stage 0), so a corrupted share aborts the round instead of skewing the sum.

@@ -10,12 +10,11 @@ security comes from being fixed before the adversary chooses whom to corrupt.
 from __future__ import annotations
 
 import hashlib
-import math
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["default_neighbours", "neighbour_graph", "valid_neighbours"]
+__all__ = ["neighbour_graph", "valid_neighbours"]
 
 
 def valid_neighbours(n: int, k: int) -> int:
@@ -27,11 +26,6 @@ def valid_neighbours(n: int, k: int) -> int:
     if k >= n - 1:
         return n - 1
     return min(k + (k % 2), n - 1)
-
-
-def default_neighbours(n: int) -> int:
-    """2 * ceil(log2 n): O(log n) as in Bell et al., with headroom for 10-30% dropouts."""
-    return valid_neighbours(n, 2 * math.ceil(math.log2(max(n, 2))))
 
 
 def neighbour_graph(n: int, k: int, seed: bytes) -> npt.NDArray[np.int64]:

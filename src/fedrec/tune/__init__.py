@@ -1,0 +1,1 @@
+"""Hyperparameter search on validation only (``fedrec tune``; ``pip install 'fedrec[tune]'``)."""
