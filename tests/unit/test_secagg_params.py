@@ -380,3 +380,24 @@ def test_the_summary_reports_k_t_predicted_failure_and_counts_aborts() -> None:
     block = secagg_summary(cfg, history)
     assert block["aborts"] == 1
     assert block["abort_reasons"] == {"secure aggregation aborted: only 3 of 30 ...": 1}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 400),
+    x=st.integers(-2, 400),
+    p=st.floats(0.0, 1.0),
+    good=st.integers(0, 400),
+    draws=st.integers(0, 400),
+)
+def test_hand_summed_tails_are_scipys(n: int, x: int, p: float, good: int, draws: int) -> None:
+    """The binomial CDF and hypergeometric tail summed in log space (no scipy import in a
+    deployed client) agree with scipy.stats."""
+    from scipy.stats import binom, hypergeom
+
+    from fedrec.privacy.secagg.params import _binom_cdf, _hypergeom_sf
+
+    assert _binom_cdf(x, n, p) == pytest.approx(float(binom.cdf(x, n, p)), rel=1e-9, abs=1e-300)
+    total = n + max(good, draws)
+    expect = float(hypergeom.sf(x, total, good, draws))
+    assert _hypergeom_sf(x, total, good, draws) == pytest.approx(expect, rel=1e-9, abs=1e-300)

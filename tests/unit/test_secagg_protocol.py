@@ -427,3 +427,37 @@ def test_clients_left_with_too_few_share_holders_are_excluded_not_fatal() -> Non
     np.testing.assert_allclose(
         result.total, x[list(result.included)].sum(0), atol=n * params.quantizer.step
     )
+
+
+def test_merged_forward_and_mask_stage_sums_the_included_and_a_tampered_recipient_drops() -> None:
+    """Shares forwarded with the masking request (no receipts): a recipient whose share fails
+    authentication cannot mask with its sender and drops out; the rest still sum exactly."""
+    n, dim = 10, 40
+    x = _inputs(n, dim, 5)
+    params = RoundParams.create(range(n), dim, SecAggConfig(neighbours=4), 2, b"merged")
+    server = SecAggServer(params)
+    clients = {c: SecAggClient(c, params) for c in range(n)}
+    for c in clients.values():
+        server.receive_advertise_keys(c.advertise_keys())
+    for u, msg in server.neighbour_keys().items():
+        server.receive_share_keys(clients[u].share_keys(msg))
+    merged = server.forward_and_request_masks()
+    assert set(merged) == set(range(n))
+    victim = 3
+    fwd, req = merged[victim]
+    (src, ct), *rest = fwd.ciphertexts
+    bad = bytes([ct[0] ^ 1]) + ct[1:]
+    tampered = ForwardedShares(fwd.round_, fwd.client_id, ((src, bad), *rest))
+    assert clients[victim].receive_shares(tampered).rejected == (src,)
+    with pytest.raises(UnknownClientError):
+        clients[victim].masked_input(req, x[victim])
+    for u, (f, r) in merged.items():
+        if u != victim:
+            assert clients[u].receive_shares(f).rejected == ()
+            server.receive_masked_input(clients[u].masked_input(r, x[u]))
+    for u, r in server.unmask_requests().items():
+        server.receive_unmask_shares(clients[u].unmask(r))
+    result = server.aggregate()
+    included = [c for c in range(n) if c != victim]
+    assert result.included == tuple(included)
+    np.testing.assert_allclose(result.total, x[included].sum(0), atol=n * params.quantizer.step)

@@ -16,26 +16,30 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fedrec.deploy.client import Device
-from fedrec.deploy.node import handle
+from fedrec.deploy.node import NodeDirs, handle
 from fedrec.deploy.records import from_records, to_records
 
 log = logging.getLogger("fedrec.deploy")
 app = ClientApp()
+answered: list[str] = []
+"""The stages this process answered (one in Flower's process per message): the warm server
+reports each process's CPU time under it."""
 
 
-def _device(context: Context) -> Device:
+def _device(context: Context) -> NodeDirs:
     cfg = context.node_config
     missing = [k for k in ("shard-dir", "state-dir") if k not in cfg]
     if missing:
         raise ValueError(
             f'SuperNode --node-config lacks {missing}: give it shard-dir="..." and state-dir="..."'
         )
-    return Device(Path(str(cfg["shard-dir"])), Path(str(cfg["state-dir"])))
+    return NodeDirs(Path(str(cfg["shard-dir"])), Path(str(cfg["state-dir"])))
 
 
 def _answer(kind: str, msg: Message, context: Context) -> Message:
-    reply = handle(_device(context), kind, from_records(msg.content))
+    req = from_records(msg.content)
+    answered.append(f"{kind}/{req.meta.get('stage')}" if kind == "secagg" else kind)
+    reply = handle(_device(context), kind, req)
     return Message(to_records(reply), reply_to=msg)
 
 

@@ -22,6 +22,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from types import TracebackType
 from typing import Any
 
 from fedrec.config import RunConfig, dump_config
+from fedrec.deploy import warm_exec
 from fedrec.deploy.credentials import NodeKey, TLSFiles, node_keys, tls_certificates
 from fedrec.deploy.shards import shard_dir, write_shards
 from fedrec.utils.atomic import atomic_write_text
@@ -65,6 +67,8 @@ resume = false
 
 START_TIMEOUT_S = 180.0
 """A submitted run still "pending" after this long was never picked up by the SuperLink."""
+SUPEREXEC_POLL_S = 0.05
+"""How often each node's SuperExec asks its SuperNode for a message to run (Flower: 1 s)."""
 STATUS_EVERY_S = 10.0
 """How often the run's status is asked for while it is pending (each ask is a CLI process)."""
 
@@ -170,6 +174,9 @@ class LocalFederation:
     keys: list[NodeKey] = field(default_factory=list)
     port: int = 0
     procs: dict[str, _Proc] = field(default_factory=dict)
+    warm: bool = True
+    """Fork each message's ClientApp from one warm server (:mod:`fedrec.deploy.warm_exec`)."""
+    warm_socket: Path | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -180,7 +187,43 @@ class LocalFederation:
         env.setdefault("PYTHONUNBUFFERED", "1")
         # Flower reports usage to its servers unless told not to; no process of ours does.
         env["FLWR_TELEMETRY_ENABLED"] = "0"
+        env.update(self._fast_env())
         return env
+
+    # --- process start: warm ClientApps and short polls (issue 19) ---
+
+    def _fast_env(self) -> dict[str, str]:
+        """The SuperExec asks its SuperNode for work every second by default; every message
+        waits for that poll. The warm shim, when on, comes first on PATH."""
+        env = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(SUPEREXEC_POLL_S)}
+        if self.warm_socket is not None:
+            shim_dir = self.root / "warm-bin"
+            env["PATH"] = os.pathsep.join([str(shim_dir), str(Path(sys.executable).parent)])
+            env["PATH"] = os.pathsep.join([env["PATH"], os.environ.get("PATH", "")])
+            env[warm_exec.SOCKET_ENV] = str(self.warm_socket)
+        return env
+
+    def start_warm(self, timeout: float = 300.0) -> None:
+        """The shared warm server and the ``flwr-clientapp`` shim every SuperNode finds first."""
+        # A short private folder: a Unix socket path must fit in 108 bytes.
+        folder = Path(tempfile.mkdtemp(prefix="fedrec-warm-"))
+        sock = folder / "sock"
+        warm_exec.write_shim(self.root / "warm-bin")
+        proc = self._spawn(
+            "warm-exec",
+            [sys.executable, "-m", "fedrec.deploy.warm_exec", "serve", "--socket", str(sock)],
+        )
+        deadline = time.monotonic() + timeout
+        while not sock.exists():
+            if proc.popen.poll() is not None or time.monotonic() > deadline:
+                raise LaunchError(f"the warm ClientApp server did not start; see {proc.log}")
+            time.sleep(0.2)
+        self.warm_socket = sock
+
+    def _stop_warm(self) -> None:
+        if self.warm_socket is not None:
+            shutil.rmtree(self.warm_socket.parent, ignore_errors=True)
+            self.warm_socket = None
 
     def _spawn(self, name: str, args: list[str]) -> _Proc:
         log = self.root / "logs" / f"{name}.log"
@@ -272,6 +315,8 @@ class LocalFederation:
             ],
         )  # fmt: skip
         self._wait_tls()
+        if self.warm:
+            self.start_warm()
         for key in self.keys:
             self._run([_bin("flwr"), "supernode", "register", str(key.public), "local"], 120)
         for i in range(self.n_clients):
@@ -391,6 +436,7 @@ class LocalFederation:
     def stop(self) -> None:
         for p in reversed(list(self.procs.values())):
             p.stop()
+        self._stop_warm()
 
     def __enter__(self) -> LocalFederation:
         return self

@@ -9,6 +9,7 @@ Every reply echoes the request's round and nonce, which the server checks.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,15 @@ if TYPE_CHECKING:
     from fedrec.deploy.client import Device
 
 KINDS = ("hello", "train", "secagg", "evaluate")
+
+
+@dataclass(frozen=True)
+class NodeDirs:
+    """A device's shard and state directories, without :class:`Device`'s torch imports: the
+    ClientApp builds this for every message, and most messages never train."""
+
+    shard_dir: Path
+    state_dir: Path
 
 
 class RefusedError(RuntimeError):
@@ -53,7 +63,7 @@ def _round(req: Payload) -> int:
     return r
 
 
-def handle(device: Device, kind: str, req: Payload) -> Payload:
+def handle(device: NodeDirs | Device, kind: str, req: Payload) -> Payload:
     # "hello" and the SecAgg+ stages are torch-free: their processes start small and fast.
     if kind == "hello":
         return Payload(meta=describe(device.shard_dir))
@@ -116,6 +126,16 @@ def _secagg(state_dir: Path, req: Payload) -> Payload:
         reply = client.receive_shares(ForwardedShares.from_bytes(data)).to_bytes()
     elif stage == "mask":
         vec = pending.vector(round_)
+        forwarded = req.meta.get("forwarded")
+        if isinstance(forwarded, bytes):
+            # Shares and masking request in one message (SecAggServer.forward_and_request_masks):
+            # mask only if every neighbour's share decrypts, else drop out of the round.
+            receipt = client.receive_shares(ForwardedShares.from_bytes(forwarded))
+            if receipt.rejected:
+                pending.clear()
+                raise RefusedError(
+                    f"shares from {list(receipt.rejected)} failed authentication: not masking"
+                )
         reply = client.masked_input(MaskingRequest.from_bytes(data), vec).to_bytes()
     elif stage == "unmask":
         try:

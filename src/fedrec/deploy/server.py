@@ -4,8 +4,8 @@ transport (Flower in production, in-process in tests).
 :class:`NetworkRunner` is a :class:`~fedrec.federated.server.ClientRunner`: it sends the round to
 the selected clients, validates what comes back (:mod:`fedrec.deploy.validate`), and hands
 :func:`~fedrec.federated.server.run_round` the same sums the simulator would. Under secure
-aggregation it drives the real SecAgg+ server over five exchanges (train + advertise keys,
-share keys, share receipts, masked inputs, unmasking); a client that stops answering is
+aggregation it drives the real SecAgg+ server over four exchanges (train + advertise keys,
+share keys, forwarded shares + masked inputs, unmasking); a client that stops answering is
 dropped and the protocol recovers without it. :class:`NetworkEvaluator` asks every connected
 client for metric sums computed with its private rows. :func:`serve` runs
 :func:`~fedrec.federated.loop.run_rounds` with both and writes a run directory like a
@@ -59,7 +59,6 @@ from fedrec.privacy.secagg.messages import (
     AdvertiseKeys,
     MaskedInput,
     ShareKeys,
-    ShareReceipt,
     UnmaskShares,
 )
 from fedrec.privacy.server import ServerPrivacy
@@ -367,19 +366,27 @@ class NetworkRunner:
                     stats[c] = (n_ex, float(loss))
                 except (RejectedUploadError, SecAggError) as err:
                     self._note(round_, c, f"key advertisement rejected: {err}")
-            # Exchanges 2-5: the SecAgg+ stages.
+            # Exchanges 2-4: the SecAgg+ stages.
             feed(
                 stage("share", server.neighbour_keys()),
                 ShareKeys.from_bytes,
                 server.receive_share_keys,
             )
+            # Shares are forwarded with the masking request (see forward_and_request_masks).
+            merged = server.forward_and_request_masks()
+            reqs = {
+                c: Payload(
+                    meta={
+                        **public,
+                        "stage": "mask",
+                        "forwarded": fwd.to_bytes(),
+                        "message": mask.to_bytes(),
+                    }
+                )
+                for c, (fwd, mask) in merged.items()
+            }
             feed(
-                stage("receipt", server.forward_shares()),
-                ShareReceipt.from_bytes,
-                server.receive_receipt,
-            )
-            feed(
-                stage("mask", server.masking_requests()),
+                self._exchange("secagg", reqs, round_, nonce, traffic),
                 MaskedInput.from_bytes,
                 server.receive_masked_input,
             )

@@ -23,15 +23,20 @@ from fedrec.experiment.outputs import RunDirectory
 log = logging.getLogger("fedrec.deploy")
 app = ServerApp()
 HELLO_TIMEOUT_S = 120.0
+PULL_EVERY_S = 0.1
+"""How often the ServerApp asks the SuperLink for replies (each ask is one local request)."""
 
 
 class FlowerTransport:
     """Clients are SuperNodes; each says which fedrec client it is in a ``hello`` exchange
     when it first appears, and is forgotten when the SuperLink stops listing it."""
 
-    def __init__(self, grid: Grid, hello_timeout: float = HELLO_TIMEOUT_S) -> None:
+    def __init__(
+        self, grid: Grid, hello_timeout: float = HELLO_TIMEOUT_S, poll_s: float = PULL_EVERY_S
+    ) -> None:
         self.grid = grid
         self.hello_timeout = hello_timeout
+        self.poll_s = poll_s
         self.client_of: dict[int, int] = {}
         self.node_of: dict[int, int] = {}
         self.info: dict[int, Meta] = {}
@@ -49,9 +54,24 @@ class FlowerTransport:
             for node, p in requests.items()
         ]
         out = {}
-        for m in self.grid.send_and_receive(msgs, timeout=timeout):
+        for m in self._push_pull(msgs, timeout):
             out[int(m.metadata.src_node_id)] = from_message(m)
         return out
+
+    def _push_pull(self, msgs: list[Message], timeout: float) -> list[Message]:
+        """``Grid.send_and_receive`` with a short poll: Flower's sleeps 3 s between pulls,
+        which every exchange of a round would wait for."""
+        pending = set(self.grid.push_messages(msgs))
+        end = time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending:
+            got = list(self.grid.pull_messages(pending))
+            replies.extend(got)
+            pending.difference_update(m.metadata.reply_to_message_id for m in got)
+            if not pending or time.monotonic() >= end:
+                break
+            time.sleep(self.poll_s)
+        return replies
 
     def clients(self) -> dict[int, Meta]:
         nodes = set(int(n) for n in self.grid.get_node_ids())

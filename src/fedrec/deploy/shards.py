@@ -14,15 +14,19 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from fedrec.config import RunConfig
-from fedrec.data.table import Holdout, Split
 from fedrec.federated.plan import ClientGroup
 from fedrec.utils.atomic import atomic_write_text
+
+if TYPE_CHECKING:
+    # Runtime imports are inside the functions that need them: a deployed client answering
+    # "hello" or a SecAgg+ stage reads shard metadata only, and must not load pandas.
+    from fedrec.config import RunConfig
+    from fedrec.data.table import Holdout, Split
 
 IntArray = npt.NDArray[np.int64]
 SHARD_FILE = "shard.npz"
@@ -124,6 +128,7 @@ class ClientShard:
             raise ShardError(f"{meta_path}: shard format {meta.get('format')}, expected {FORMAT}")
         with np.load(arr_path) as z:
             a = {k: z[k] for k in z.files}
+        from fedrec.data.table import Holdout
 
         def holdout(name: str) -> Holdout:
             neg = a.get(f"{name}_negatives")
@@ -180,6 +185,8 @@ def describe(directory: Path) -> dict[str, Any]:
 
 
 def _rows(h: Holdout, users: IntArray) -> Holdout:
+    from fedrec.data.table import Holdout
+
     keep = np.isin(h.users, users)
     return Holdout(
         users=h.users[keep],

@@ -34,8 +34,9 @@ so P_split <= C(n, 2) (dropout + m/n)^k. Derived pairs satisfy P_collude + P_spl
 The search: for each even k, the smallest secure t (a larger t only raises the abort
 probability) and the first k whose abort probability meets the target; else the complete
 graph, and if even that misses the target (small rounds at high dropout), the pair is still
-returned, marked as missing it. Hand-written because no library does this search; scipy gives
-the tails.
+returned, marked as missing it. Hand-written because no library does this search; the two
+tails are summed exactly in log space here rather than taken from scipy.stats, whose import
+would cost every deployed SecAgg+ message (each is its own process) far more than the sums.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ from functools import lru_cache
 from typing import Literal, get_args
 
 import numpy as np
-from scipy.stats import binom, hypergeom
 
 __all__ = [
     "SERVER_MODELS",
@@ -127,6 +127,38 @@ class SecAggParams:
         return out
 
 
+def _log_comb(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def _binom_cdf(x: int, n: int, p: float) -> float:
+    """P[Binomial(n, p) <= x]."""
+    if x < 0:
+        return 0.0
+    if x >= n:
+        return 1.0
+    if p <= 0.0 or p >= 1.0:
+        return 1.0 if p <= 0.0 else 0.0
+    lp, lq = math.log(p), math.log1p(-p)
+    return min(
+        1.0, math.fsum(math.exp(_log_comb(n, i) + i * lp + (n - i) * lq) for i in range(x + 1))
+    )
+
+
+def _hypergeom_sf(x: int, total: int, good: int, draws: int) -> float:
+    """P[X > x] for X the good items among ``draws`` taken from ``total`` without replacement."""
+    top = min(good, draws)
+    lo = max(x + 1, 0, draws - (total - good))
+    if lo > top:
+        return 0.0
+    base = _log_comb(total, draws)
+    terms = (
+        math.exp(_log_comb(good, i) + _log_comb(total - good, draws - i) - base)
+        for i in range(lo, top + 1)
+    )
+    return min(1.0, math.fsum(terms))
+
+
 def _colluders(n: int, collusion: float) -> int:
     return math.floor(collusion * n + 1e-9)
 
@@ -135,8 +167,8 @@ def abort_probability(n: int, k: int, t: int, dropout: float) -> float:
     """Probability that some needed secret has fewer than t surviving holders (formulas in the
     module docstring; the Harary case is a union bound)."""
     if k >= n - 1:
-        return float(binom.cdf(t - 1, n, 1.0 - dropout))
-    p = (1.0 - dropout) * binom.cdf(t - 2, k, 1.0 - dropout) + dropout * binom.cdf(
+        return _binom_cdf(t - 1, n, 1.0 - dropout)
+    p = (1.0 - dropout) * _binom_cdf(t - 2, k, 1.0 - dropout) + dropout * _binom_cdf(
         t - 1, k, 1.0 - dropout
     )
     return float(min(1.0, n * p))
@@ -163,7 +195,7 @@ def _collude_probability(
     need = _exposing(k, t, check_server_model(server_model))
     if k >= n - 1:  # complete graph: every honest client has exactly m colluding neighbours
         return np.where(need <= m, 1.0, 0.0)
-    tail = hypergeom.sf(need - 1, n - 1, m, k)
+    tail = np.array([_hypergeom_sf(int(x) - 1, n - 1, m, k) for x in np.atleast_1d(need)])
     return np.where(need <= 0, 1.0, np.minimum(1.0, n * tail))
 
 
