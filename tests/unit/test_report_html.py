@@ -79,7 +79,9 @@ def test_page_shows_what_the_runs_hold(runs: list[Path]) -> None:
     privacy = _section(page, "privacy")
     assert f"{summaries[0]['privacy']['epsilon']:.4f}" in privacy
     audit = json.loads((runs[0] / "audit.json").read_text())
-    assert f"{audit['item_inference']['matched_auc_mean']:.4f}" in privacy
+    assert f"{audit['canary_audit']['auc']:.4f}" in privacy
+    assert f"{audit['canary_audit']['empirical_epsilon']:.4f}" in privacy
+    assert f"{audit['membership_inference']['advantage']:.4f}" in privacy
     assert "no audit.json" in privacy
     # Per-user distribution: quantiles recomputed from the CSV.
     per_user = _section(page, "per-user")

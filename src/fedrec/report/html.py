@@ -255,14 +255,16 @@ def bytes_section(runs: Sequence[Run]) -> str:
 
 def _audit_cells(audit: dict[str, Any] | None) -> list[str]:
     if not audit:
-        return ["no audit.json", "", ""]
+        return ["no audit.json", "", "", "", ""]
+    can = audit.get("canary_audit") or {}
     inf = audit.get("item_inference") or {}
     mia = audit.get("membership_inference") or {}
-    matched = _num(inf.get("matched_auc_mean"))
     return [
-        html.escape(str(audit.get("server_view", ""))),
-        _fmt(matched if matched is not None else inf.get("auc_mean")),
-        _fmt(mia.get("auc")),
+        html.escape(str(can.get("adversary_view", audit.get("server_view", "")))),
+        _fmt(can.get("auc")),
+        _fmt(can.get("empirical_epsilon")),
+        _fmt(inf.get("advantage_over_popularity_mean")),
+        _fmt(mia.get("advantage")),
     ]
 
 
@@ -273,9 +275,11 @@ def privacy_section(runs: Sequence[Run]) -> str:
         "ε",
         "δ",
         "mechanism / accountant",
-        "audit: server saw",
-        "item-inference AUC",
-        "membership AUC",
+        "audit: adversary saw",
+        "canary AUC",
+        "empirical ε (lower bound)",
+        "item inference beyond popularity",
+        "membership advantage",
     ]
     rows = []
     for r in runs:
