@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from fedrec.config import RunConfig
 from fedrec.data.splits import leave_one_out_random
 from fedrec.data.table import Interactions, Split
 
@@ -78,3 +79,26 @@ def tiny_config(csv: Path, *, mode: str = "federated", rounds: int = 6) -> dict[
             "local": {"epochs": 2, "batch_size": 8, "lr": 0.3, "negatives": 2},
         },
     }
+
+
+def mf_run_config(
+    federated: dict[str, Any],
+    privacy: dict[str, Any] | None = None,
+    *,
+    dim: int = 4,
+    seed: int = 1,
+    **sections: Any,
+) -> RunConfig:
+    """The small federated MF run the unit tests share (HR@5 on validation); ``federated`` and
+    ``privacy`` are those sections, ``sections`` any other top-level ones."""
+    raw: dict[str, Any] = {
+        "mode": "federated",
+        "seed": seed,
+        "model": {"name": "mf", "dim": dim, "init_std": 0.1},
+        "eval": {"ks": [5]},
+        "train": {"monitor": "HR@5"},
+        "federated": federated,
+        "privacy": privacy or {},
+    }
+    raw.update(sections)
+    return RunConfig.model_validate(raw)

@@ -25,7 +25,7 @@ from fedrec.privacy.canary import (
 )
 from fedrec.privacy.server import ServerPrivacy
 from fedrec.simulation.training import train_federated
-from tests.synthetic import two_taste_split
+from tests.synthetic import mf_run_config, two_taste_split
 
 # ------------------------------------------------------------------ formulas
 
@@ -93,18 +93,7 @@ def _cfg(privacy: dict[str, Any], canaries: int, **fed: Any) -> RunConfig:
         "local": {"epochs": 1, "batch_size": 8, "lr": 0.3, "negatives": 2},
     }
     base.update(fed)
-    return RunConfig.model_validate(
-        {
-            "mode": "federated",
-            "seed": 1,
-            "model": {"name": "mf", "dim": 8, "init_std": 0.1},
-            "eval": {"ks": [5]},
-            "train": {"monitor": "HR@5"},
-            "federated": base,
-            "privacy": privacy,
-            "audit": {"canaries": canaries, "canary_items": 5},
-        }
-    )
+    return mf_run_config(base, privacy, dim=8, audit={"canaries": canaries, "canary_items": 5})
 
 
 def _audit(cfg: RunConfig, users: int, items: int) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from fedrec.privacy.secagg import (
 from fedrec.privacy.secagg.messages import UnmaskRequest, UnmaskShares
 from fedrec.privacy.secagg.persist import export_client, restore_client
 from fedrec.simulation.training import build_simulation
-from tests.synthetic import two_taste_split
+from tests.synthetic import mf_run_config, two_taste_split
 
 
 class _Spy:
@@ -198,30 +198,23 @@ class _ScriptedDrops:
 
 
 def _sim_cfg() -> RunConfig:
-    return RunConfig.model_validate(
+    return mf_run_config(
         {
-            "mode": "federated",
-            "seed": 1,
-            "model": {"name": "mf", "dim": 4, "init_std": 0.1},
-            "eval": {"ks": [5]},
-            "train": {"monitor": "HR@5"},
-            "federated": {
-                "rounds": 3,
-                "weighting": "uniform",
-                "item_aggregation": "fedavg",
-                "local": {"epochs": 1, "batch_size": 8, "lr": 0.3, "negatives": 2},
+            "rounds": 3,
+            "weighting": "uniform",
+            "item_aggregation": "fedavg",
+            "local": {"epochs": 1, "batch_size": 8, "lr": 0.3, "negatives": 2},
+        },
+        {
+            "secagg": {"enabled": True},
+            "dp": {
+                "enabled": True,
+                "mode": "distributed",
+                "noise_multiplier": 1.0,
+                "clip": 1.0,
+                "dropout_allowance": 0.2,
             },
-            "privacy": {
-                "secagg": {"enabled": True},
-                "dp": {
-                    "enabled": True,
-                    "mode": "distributed",
-                    "noise_multiplier": 1.0,
-                    "clip": 1.0,
-                    "dropout_allowance": 0.2,
-                },
-            },
-        }
+        },
     )
 
 
@@ -309,37 +302,32 @@ class _FlowerLikeTransport(InProcessTransport):
 
 
 def _deploy_cfg(server_model: str = "semi-honest", **dp: Any) -> RunConfig:
-    return RunConfig.model_validate(
+    return mf_run_config(
         {
-            "mode": "federated",
-            "seed": 3,
-            "model": {"name": "mf", "dim": 8, "init_std": 0.1},
-            "eval": {"ks": [5]},
-            "train": {"monitor": "HR@5"},
-            "federated": {
-                "rounds": 2,
-                "partition": "random",
-                "silos": 5,
-                "eval_every": 1,
-                "patience": 0,
-                "checkpoint_every": 1,
-                "server_lr": 2.0,
-                "weighting": "uniform",
-                "item_aggregation": "fedavg",
-                "local": {"epochs": 1, "batch_size": 8, "lr": 1.0, "negatives": 2},
+            "rounds": 2,
+            "partition": "random",
+            "silos": 5,
+            "eval_every": 1,
+            "patience": 0,
+            "checkpoint_every": 1,
+            "server_lr": 2.0,
+            "weighting": "uniform",
+            "item_aggregation": "fedavg",
+            "local": {"epochs": 1, "batch_size": 8, "lr": 1.0, "negatives": 2},
+        },
+        {
+            "secagg": {"enabled": True, "clip": 4.0, "server_model": server_model},
+            "dp": {
+                "enabled": True,
+                "mode": "distributed",
+                "noise_multiplier": 0.3,
+                "clip": 0.5,
+                **dp,
             },
-            "privacy": {
-                "secagg": {"enabled": True, "clip": 4.0, "server_model": server_model},
-                "dp": {
-                    "enabled": True,
-                    "mode": "distributed",
-                    "noise_multiplier": 0.3,
-                    "clip": 0.5,
-                    **dp,
-                },
-            },
-            "deploy": {"client_randomness": "run-seed", "wait_clients_s": 5},
-        }
+        },
+        dim=8,
+        seed=3,
+        deploy={"client_randomness": "run-seed", "wait_clients_s": 5},
     )
 
 

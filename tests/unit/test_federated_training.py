@@ -12,7 +12,7 @@ import torch
 
 from fedrec.config import RunConfig
 from fedrec.simulation.training import FederatedResult, train_federated
-from tests.synthetic import two_taste_split
+from tests.synthetic import mf_run_config, two_taste_split
 
 _split = two_taste_split
 
@@ -26,16 +26,7 @@ def _cfg(**fed: Any) -> RunConfig:
         "local": {"epochs": 2, "batch_size": 8, "lr": 0.3, "negatives": 2},
     }
     base.update(fed)
-    return RunConfig.model_validate(
-        {
-            "mode": "federated",
-            "seed": 1,
-            "model": {"name": "mf", "dim": 8, "init_std": 0.1},
-            "eval": {"ks": [5]},
-            "train": {"monitor": "HR@5"},
-            "federated": base,
-        }
-    )
+    return mf_run_config(base, dim=8)
 
 
 def test_federated_mf_learns_the_taste_groups() -> None:

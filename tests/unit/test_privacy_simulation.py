@@ -20,6 +20,7 @@ from fedrec.privacy.ldp import LocalDP
 from fedrec.privacy.upload import ClientProtection, UploadVector
 from fedrec.simulation.protected import AggregateObservation, Chunk, Observation, SparseSink
 from fedrec.simulation.training import Simulation, build_simulation, train_federated
+from tests.synthetic import mf_run_config
 from tests.synthetic import two_taste_split as _split
 
 
@@ -33,17 +34,7 @@ def _cfg(privacy: dict[str, Any], **fed: Any) -> RunConfig:
         "local": {"epochs": 1, "batch_size": 8, "lr": 0.3, "negatives": 2},
     }
     base.update(fed)
-    return RunConfig.model_validate(
-        {
-            "mode": "federated",
-            "seed": 1,
-            "model": {"name": "mf", "dim": 4, "init_std": 0.1},
-            "eval": {"ks": [5]},
-            "train": {"monitor": "HR@5"},
-            "federated": base,
-            "privacy": privacy,
-        }
-    )
+    return mf_run_config(base, privacy)
 
 
 def _rounds(

@@ -31,7 +31,7 @@ from fedrec.privacy.secagg.params import (
     smallest_secure_threshold,
 )
 from fedrec.simulation.training import train_federated
-from tests.synthetic import two_taste_split
+from tests.synthetic import mf_run_config, two_taste_split
 
 LIES = "lies-about-dropouts"
 
@@ -321,24 +321,17 @@ def test_a_client_rebuilds_the_pair_of_the_server_model_it_holds() -> None:
 
 
 def _cfg(dropout: float, **secagg: Any) -> RunConfig:
-    return RunConfig.model_validate(
+    return mf_run_config(
         {
-            "mode": "federated",
-            "seed": 1,
-            "model": {"name": "mf", "dim": 4, "init_std": 0.1},
-            "eval": {"ks": [5]},
-            "train": {"monitor": "HR@5"},
-            "federated": {
-                "rounds": 3,
-                "eval_every": 3,
-                "patience": 0,
-                "checkpoint_every": 0,
-                "weighting": "uniform",
-                "dropout": dropout,
-                "local": {"epochs": 1, "batch_size": 8, "lr": 0.3, "negatives": 2},
-            },
-            "privacy": {"secagg": {"enabled": True, **secagg}},
-        }
+            "rounds": 3,
+            "eval_every": 3,
+            "patience": 0,
+            "checkpoint_every": 0,
+            "weighting": "uniform",
+            "dropout": dropout,
+            "local": {"epochs": 1, "batch_size": 8, "lr": 0.3, "negatives": 2},
+        },
+        {"secagg": {"enabled": True, **secagg}},
     )
 
 
